@@ -1,0 +1,84 @@
+"""One validated configuration: `config/defaults.yaml`, an optional override file, then environment variables.
+
+Unknown keys are rejected so that a typo in a team's config fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    tracker: str = "csrt"
+    nano_backbone: str | None = None
+    nano_head: str | None = None
+    tolerance: float = 0.9
+    work_size: int = 480
+    lost_frames: int = 5
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    data_dir: str = "var"
+    max_download_mb: int = 2048
+    default_frame_rate: float = 24.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+
+# Environment variables that override single settings: name -> (section, key).
+ENV_OVERRIDES = {
+    "SCRIBBLEBOX_TRACKER": ("tracking", "tracker"),
+    "SCRIBBLEBOX_NANO_BACKBONE": ("tracking", "nano_backbone"),
+    "SCRIBBLEBOX_NANO_HEAD": ("tracking", "nano_head"),
+    "SCRIBBLEBOX_TOLERANCE": ("tracking", "tolerance"),
+    "SCRIBBLEBOX_DATA_DIR": ("server", "data_dir"),
+}
+
+
+def _merge(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(section_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    typed = {}
+    for key, value in values.items():
+        kind = known[key].type
+        if value is not None and "float" in str(kind):
+            value = float(value)
+        elif value is not None and "int" in str(kind):
+            value = int(value)
+        typed[key] = value
+    return section_cls(**typed)
+
+
+def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Defaults, then the YAML at `path` (or $SCRIBBLEBOX_CONFIG), then the environment overrides."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, dict[str, Any]] = yaml.safe_load(resources.files("scribblebox.config").joinpath("defaults.yaml").read_text())
+    path = path or env.get("SCRIBBLEBOX_CONFIG")
+    if path:
+        override = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(override, dict):
+            raise ValueError(f"{path}: expected a mapping of sections")
+        for section, values in override.items():
+            if section not in raw:
+                raise ValueError(f"{path}: unknown section {section!r}; known: {sorted(raw)}")
+            raw[section].update(values or {})
+    for name, (section, key) in ENV_OVERRIDES.items():
+        if env.get(name):
+            raw[section][key] = env[name]
+    return Settings(
+        tracking=_merge(TrackingSettings, raw["tracking"], "tracking"),
+        server=_merge(ServerSettings, raw["server"], "server"),
+    )

@@ -1,0 +1,37 @@
+"""ScribbleBox: Curve-VOT box tracks and scribble-propagated masks as an ML backend.
+
+The import name is ``scribblebox``; the design card's top-level folders are mapped into it:
+``models/`` -> ``scribblebox.models``, ``backend/`` -> ``scribblebox.backend``, ``config/`` -> ``scribblebox.config``.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "scribblebox": "scribblebox",
+    "scribblebox.evaluation": "scribblebox/evaluation",
+    "scribblebox.models": "models",
+    "scribblebox.models.trackers": "models/trackers",
+    "scribblebox.backend": "backend",
+    "scribblebox.backend.label_studio": "backend/label_studio",
+    "scribblebox.config": "config",
+}
+
+setup(
+    name="scribblebox",
+    version="0.1.0",
+    description="Video object annotation backend for Label Studio and CVAT: Curve-VOT box tracks",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={"scribblebox.config": ["*.yaml", "label_studio/*.xml"]},
+    install_requires=[
+        "numpy>=1.24",
+        "opencv-contrib-python-headless>=4.8",
+        "av>=12",
+        "flask>=3.0",
+        "gunicorn>=21",
+        "pyyaml>=6",
+        "requests>=2.31",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["scribblebox=scribblebox.cli:main"]},
+)
