@@ -1,0 +1,34 @@
+# ScribbleBox: `make serve` sets up and starts the backend; `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 9090
+
+.PHONY: setup serve demo test ls-venv bench-track clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+serve: setup  ## set up, then serve the Label Studio ML backend on :$(PORT) (gunicorn, 2 workers)
+	$(VENV)/bin/scribblebox serve --port $(PORT)
+
+demo: setup  ## set up, make a synthetic video and track its object from one box
+	$(PY) -c "from scribblebox.models.synthetic import make_moving_box_video as m; m('var/demo.mp4', num_frames=100)"
+	$(VENV)/bin/scribblebox track var/demo.mp4 --box 60,80,120,90 -o var/demo-track.json
+
+ls-venv:  ## Label Studio 1.23.2 in its own venv, for the end-to-end tests
+	bash scripts/label-studio-venv.sh
+
+test: setup ls-venv
+	$(PY) -m pytest -q
+
+bench-track: setup
+	$(VENV)/bin/scribblebox bench-track ../shared/data/davis2016-train -o docs/bench-track.json
+
+clean:
+	rm -rf $(VENV) .cache var
