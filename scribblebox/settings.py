@@ -24,6 +24,13 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class MaskSettings:
+    engine: str = "classical"
+    work_size: int = 256
+    scribble_window: int = 10
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     data_dir: str = "var"
     max_download_mb: int = 2048
@@ -33,6 +40,7 @@ class ServerSettings:
 @dataclass(frozen=True)
 class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    masks: MaskSettings = field(default_factory=MaskSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
@@ -80,5 +88,6 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
             raw[section][key] = env[name]
     return Settings(
         tracking=_merge(TrackingSettings, raw["tracking"], "tracking"),
+        masks=_merge(MaskSettings, raw["masks"], "masks"),
         server=_merge(ServerSettings, raw["server"], "server"),
     )
