@@ -1,0 +1,192 @@
+"""The Label Studio ML-backend HTTP server: routes, the per-process engine, gunicorn launch.
+
+gunicorn entry point: ``scribblebox.backend.server:create_app()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from flask import Flask, jsonify, request
+
+from .. import __version__
+from ..settings import Settings, TrackingSettings, load_settings
+from .auth import register_basic_auth
+from .errors import BadRequest, register_error_handlers
+from .label_studio.predict import Predictor, project_key
+from .media import MediaResolver
+from .state import TrackStore
+
+logger = logging.getLogger(__name__)
+EXTENSION = "scribblebox"
+RECORDED_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+
+_ENGINES: dict[TrackingSettings, Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(tracking: TrackingSettings) -> Any:
+    """The process's engine for these settings, built on first use (weights/trackers load once, never per request)."""
+    with _ENGINES_LOCK:
+        if tracking not in _ENGINES:
+            from ..models.curvevot import CurveVOT
+
+            logger.info("building CurveVOT engine (tracker=%s)", tracking.tracker)
+            _ENGINES[tracking] = CurveVOT.from_settings(tracking)
+        return _ENGINES[tracking]
+
+
+def model_version(settings: Settings) -> str:
+    return f"scribblebox-{__version__}-{settings.tracking.tracker}"
+
+
+class Metrics:
+    """Per-process counters for GET /metrics (each gunicorn worker counts its own requests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "errors": 0, "predictions": 0, "webhooks": 0, "seconds": 0.0}
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for key, amount in amounts.items():
+                self.counts[key] += amount
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {**self.counts, "seconds": round(self.counts["seconds"], 3), "pid": os.getpid()}
+
+
+@dataclasses.dataclass
+class Backend:
+    settings: Settings
+    predictor: Predictor
+    metrics: Metrics
+    background: ThreadPoolExecutor
+
+    def record_later(self, payload: Mapping) -> Future:
+        """Webhooks must answer within LS's 1 s: fetching/decoding for the record happens on a background thread."""
+        def run() -> None:
+            try:
+                count = self.predictor.record_annotation(payload)
+                logger.info("webhook %s: recorded %d region(s)", payload.get("action"), count)
+            except BadRequest as err:
+                logger.warning("webhook %s not recorded: %s (%r)", payload.get("action"), err.message, err.detail)
+            except Exception:  # a background failure must never kill the worker
+                logger.exception("webhook %s failed", payload.get("action"))
+
+        return self.background.submit(run)
+
+
+def _json_body() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise BadRequest("request body must be JSON", detail={"content_type": request.content_type, "bytes": len(request.data)})
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", detail={"got": type(body).__name__})
+    return body
+
+
+def create_app(settings: Settings | None = None, engine: Any = None, env: Mapping[str, str] | None = None,
+               opener: Callable[[Path], Any] | None = None) -> Flask:
+    """App factory. engine/opener: injected stand-ins for tests; by default the per-process CurveVOT and open_video."""
+    settings = settings or load_settings(env=dict(env) if env is not None else None)
+    env = os.environ if env is None else env
+    if not logging.getLogger().handlers:  # under gunicorn nothing configures the app's loggers: INFO to stderr
+        logging.basicConfig(level=env.get("SCRIBBLEBOX_LOG_LEVEL", "INFO").upper(),
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    data_dir = Path(settings.server.data_dir)
+    predictor = Predictor(
+        engine=(lambda: engine) if engine is not None else (lambda: get_engine(settings.tracking)),
+        store=TrackStore(data_dir / "state.sqlite3"),
+        media=MediaResolver.from_env(data_dir, settings.server.max_download_mb, env),
+        model_version=model_version(settings),
+        default_fps=settings.server.default_frame_rate,
+        opener=opener,
+    )
+    backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"))
+    app = Flask("scribblebox")
+    app.extensions[EXTENSION] = backend
+    register_error_handlers(app)
+    register_basic_auth(app, env)
+    _register_routes(app, backend)
+    return app
+
+
+def _register_routes(app: Flask, backend: Backend) -> None:
+    predictor, metrics = backend.predictor, backend.metrics
+
+    @app.after_request
+    def _count(response):
+        metrics.add(requests=1, errors=int(response.status_code >= 400))
+        return response
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "UP", "model_class": "ScribbleBox"})
+
+    @app.post("/setup")
+    def setup():
+        body = _json_body()
+        schema = body.get("schema")
+        if isinstance(schema, str) and schema.strip():
+            predictor.store.put_label_config(project_key(body.get("project")), schema)
+        return jsonify({"model_version": predictor.model_version})
+
+    @app.post("/predict")
+    def predict():
+        body = _json_body()
+        start = time.perf_counter()
+        answer = predictor.predict(body)
+        metrics.add(predictions=len(answer["results"]), seconds=time.perf_counter() - start)
+        return jsonify(answer)
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json_body()
+        action = body.get("action")
+        metrics.add(webhooks=1)
+        if action in RECORDED_ACTIONS:
+            backend.record_later(body)
+        return jsonify({"status": "ok", "action": action})
+
+    @app.get("/metrics")
+    def metrics_route():
+        return jsonify(metrics.snapshot())
+
+    @app.get("/versions")
+    def versions():
+        return jsonify({"versions": [predictor.model_version]})
+
+
+def _gunicorn_extras() -> list[str]:
+    """Newer gunicorn opens a control socket shared by every instance of the user: not wanted for a backend."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any("--no-control-socket" in s.cli for s in KNOWN_SETTINGS if s.cli) else []
+
+
+def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090, workers: int = 2, dev: bool = False) -> int:
+    """Run the backend: gunicorn workers (each builds its own engine once), or Flask's dev server."""
+    if dev:
+        create_app(settings).run(host=host, port=port, threaded=True)
+        return 0
+    data_dir = Path(settings.server.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "serve-settings.yaml"  # workers rebuild exactly these settings
+    config.write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
+    env = {**os.environ, "SCRIBBLEBOX_CONFIG": str(config.resolve())}
+    command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--timeout", "120",
+               "--bind", f"{host}:{port}", *_gunicorn_extras(), "scribblebox.backend.server:create_app()"]
+    logger.info("starting %s", " ".join(command))
+    return subprocess.call(command, env=env)
