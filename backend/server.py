@@ -186,7 +186,8 @@ def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090, workers: 
     config = data_dir / "serve-settings.yaml"  # workers rebuild exactly these settings
     config.write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
     env = {**os.environ, "SCRIBBLEBOX_CONFIG": str(config.resolve())}
-    command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--timeout", "120",
+    # Threads per worker: /health (1 s timeout in Label Studio) must answer while a long predict is running.
+    command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", "4", "--timeout", "120",
                "--bind", f"{host}:{port}", *_gunicorn_extras(), "scribblebox.backend.server:create_app()"]
     logger.info("starting %s", " ".join(command))
     return subprocess.call(command, env=env)
