@@ -29,6 +29,7 @@ test: setup ls-venv
 
 bench-track: setup
 	$(VENV)/bin/scribblebox bench-track ../shared/data/davis2016-train -o docs/bench-track.json
+	$(PY) scripts/bench_track_speed.py --repeats 5
 
 clean:
 	rm -rf $(VENV) .cache var
