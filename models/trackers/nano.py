@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .confidence import AppearanceScore
+from .scored import ScoredTracker
 
 
 def check_weights(backbone: str | None, head: str | None) -> tuple[str, str]:
@@ -18,26 +18,18 @@ def check_weights(backbone: str | None, head: str | None) -> tuple[str, str]:
     return str(backbone), str(head)
 
 
-class NanoTracker:
+class NanoTracker(ScoredTracker):
     def __init__(self, backbone: str, head: str) -> None:
+        super().__init__()
         self.params = cv2.TrackerNano_Params()
         self.params.backbone = backbone
         self.params.neckhead = head
-        self._tracker: cv2.Tracker | None = None
-        self._score: AppearanceScore | None = None
 
-    def init(self, frame: np.ndarray, box: np.ndarray) -> None:
-        self._tracker = cv2.TrackerNano_create(self.params)
-        x, y, w, h = (int(round(v)) for v in box)
-        self._tracker.init(frame, (x, y, max(w, 2), max(h, 2)))
-        self._score = AppearanceScore(frame, box)
+    def _create(self) -> cv2.Tracker:
+        return cv2.TrackerNano_create(self.params)
 
-    def update(self, frame: np.ndarray) -> tuple[np.ndarray | None, float]:
-        if self._tracker is None or self._score is None:
-            raise RuntimeError("call init() before update()")
-        ok, rect = self._tracker.update(frame)
-        if not ok:
-            return None, 0.0
-        box = np.asarray(rect, dtype=np.float64)
-        network = float(self._tracker.getTrackingScore())
-        return box, min(network, self._score(frame, box)) if network > 0 else self._score(frame, box)
+    def _confidence(self, frame: np.ndarray, box: np.ndarray) -> float:
+        """The network's own score when it gives one, capped by the appearance check."""
+        appearance = super()._confidence(frame, box)
+        network = float(self._tracker.getTrackingScore()) if self._tracker is not None else 0.0
+        return min(network, appearance) if network > 0 else appearance
