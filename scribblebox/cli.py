@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-frames", type=int, default=0, help="cut each sequence to this many frames (0: all)")
     b.add_argument("--methods", default="interp,csrt-loop,curvevot")
     b.add_argument("--output", "-o", help="write per-sequence JSON here")
+    e = sub.add_parser("eval", help="whole-system evaluation (box track + scribble rounds) with a simulated annotator on a DAVIS-format folder")
+    e.add_argument("root", help="folder of <seq>/frames/*.jpg and <seq>/masks/*.png")
+    e.add_argument("--sequences", help="comma-separated subset")
+    e.add_argument("--max-frames", type=int, default=0, help="cut each sequence to this many frames (0: all)")
+    e.add_argument("--rounds", type=int, default=8, help="scribble rounds after round 0 (the box track alone)")
+    e.add_argument("--output", "-o", help="write per-sequence and overall JSON here")
+    e.add_argument("--plot", help="write a PNG of J&F versus rounds here")
     return p
 
 
@@ -54,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluation.boxes import bench_command
 
             return bench_command(settings, args)
+        if args.command == "eval":
+            from .evaluation.masks import eval_command
+
+            return eval_command(settings, args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         logging.getLogger("scribblebox").error("%s", err)
         print(f"scribblebox: error: {err}", file=sys.stderr)
