@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,cvat,learned]' 'torch==2.13.0'  # CPU torch pinned: a bare torch pulls a multi-GB CUDA build
 	touch $@
 
 serve: setup  ## set up, then serve the Label Studio ML backend on :$(PORT) (gunicorn, 2 workers)

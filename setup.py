@@ -8,10 +8,13 @@ from setuptools import setup
 PACKAGES = {
     "scribblebox": "scribblebox",
     "scribblebox.evaluation": "scribblebox/evaluation",
+    "scribblebox.training": "scribblebox/training",
     "scribblebox.models": "models",
     "scribblebox.models.trackers": "models/trackers",
+    "scribblebox.models.networks": "models/networks",
     "scribblebox.backend": "backend",
     "scribblebox.backend.label_studio": "backend/label_studio",
+    "scribblebox.backend.cvat": "backend/cvat",
     "scribblebox.config": "config",
 }
 
@@ -32,6 +35,8 @@ setup(
         "pyyaml>=6",
         "requests>=2.31",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"],
+                    "cvat": ["cvat-sdk[masks]==2.80.0", "cvat-cli==2.80.0", "nuclio-sdk==0.6.3"],
+                    "learned": ["torch>=2.1"]},
     entry_points={"console_scripts": ["scribblebox=scribblebox.cli:main"]},
 )

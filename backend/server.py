@@ -20,9 +20,11 @@ import yaml
 from flask import Flask, jsonify, request
 
 from .. import __version__
-from ..settings import Settings, TrackingSettings, load_settings
+from ..settings import MaskSettings, Settings, TrackingSettings, load_settings
 from .auth import register_basic_auth
 from .errors import BadRequest, register_error_handlers
+from .jobs import Job, JobQueue, JobWorker
+from .label_studio.masks import MaskPredictor
 from .label_studio.predict import Predictor, project_key
 from .media import MediaResolver
 from .state import TrackStore
@@ -31,7 +33,7 @@ logger = logging.getLogger(__name__)
 EXTENSION = "scribblebox"
 RECORDED_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 
-_ENGINES: dict[TrackingSettings, Any] = {}
+_ENGINES: dict[TrackingSettings | MaskSettings, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -44,6 +46,17 @@ def get_engine(tracking: TrackingSettings) -> Any:
             logger.info("building CurveVOT engine (tracker=%s)", tracking.tracker)
             _ENGINES[tracking] = CurveVOT.from_settings(tracking)
         return _ENGINES[tracking]
+
+
+def get_mask_engine(masks: MaskSettings) -> Any:
+    """The process's mask engine for these settings, built on first use (shared by requests and the job thread)."""
+    with _ENGINES_LOCK:
+        if masks not in _ENGINES:
+            from ..models.mask_engine import MaskEngine
+
+            logger.info("building mask engine (%s)", masks.engine)
+            _ENGINES[masks] = MaskEngine.from_settings(masks)
+        return _ENGINES[masks]
 
 
 def model_version(settings: Settings) -> str:
@@ -73,6 +86,21 @@ class Backend:
     predictor: Predictor
     metrics: Metrics
     background: ThreadPoolExecutor
+    jobs: JobQueue
+    worker: JobWorker
+
+    def enqueue_masks(self, payload: Mapping) -> None:
+        """Store the mask re-propagation job before answering (so it survives a crash) and wake this process's worker."""
+        masks: MaskPredictor = self.predictor.masks
+        try:
+            project, task_id, job = masks.job_payload(payload)
+        except (BadRequest, KeyError, TypeError) as err:
+            logger.warning("webhook %s: no mask job (%s)", payload.get("action"), err)
+            return
+        generation = self.jobs.enqueue(project, task_id, job)
+        logger.info("webhook %s: mask job for task %s queued (generation %d)", payload.get("action"), task_id, generation)
+        self.worker.start()
+        self.worker.wake()
 
     def record_later(self, payload: Mapping) -> Future:
         """Webhooks must answer within LS's 1 s: fetching/decoding for the record happens on a background thread."""
@@ -98,8 +126,9 @@ def _json_body() -> dict:
 
 
 def create_app(settings: Settings | None = None, engine: Any = None, env: Mapping[str, str] | None = None,
-               opener: Callable[[Path], Any] | None = None) -> Flask:
-    """App factory. engine/opener: injected stand-ins for tests; by default the per-process CurveVOT and open_video."""
+               opener: Callable[[Path], Any] | None = None, mask_engine: Any = None) -> Flask:
+    """App factory. engine/mask_engine/opener: injected stand-ins for tests; by default the per-process CurveVOT,
+    MaskEngine and open_video. A job worker thread starts now if jobs are pending, else with the first job."""
     settings = settings or load_settings(env=dict(env) if env is not None else None)
     env = os.environ if env is None else env
     if not logging.getLogger().handlers:  # under gunicorn nothing configures the app's loggers: INFO to stderr
@@ -114,7 +143,17 @@ def create_app(settings: Settings | None = None, engine: Any = None, env: Mappin
         default_fps=settings.server.default_frame_rate,
         opener=opener,
     )
-    backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"))
+    predictor.masks = MaskPredictor(
+        predictor, (lambda: mask_engine) if mask_engine is not None else (lambda: get_mask_engine(settings.masks)))
+    jobs = JobQueue(data_dir / "state.sqlite3")
+
+    def run_job(job: Job) -> None:
+        predictor.masks.run_job(job.project, job.task_id, job.payload)
+
+    backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"),
+                      jobs, JobWorker(jobs, run_job))
+    if jobs.seconds_to_next() is not None or jobs.counts().get("running"):
+        backend.worker.start()  # jobs left by an earlier run (or a dead worker's claim, after its lease)
     app = Flask("scribblebox")
     app.extensions[EXTENSION] = backend
     register_error_handlers(app)
@@ -158,11 +197,13 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         metrics.add(webhooks=1)
         if action in RECORDED_ACTIONS:
             backend.record_later(body)
+            if MaskPredictor.is_mask_payload(body):
+                backend.enqueue_masks(body)
         return jsonify({"status": "ok", "action": action})
 
     @app.get("/metrics")
     def metrics_route():
-        return jsonify(metrics.snapshot())
+        return jsonify({**metrics.snapshot(), "jobs": backend.jobs.counts()})
 
     @app.get("/versions")
     def versions():

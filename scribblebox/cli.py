@@ -39,6 +39,38 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--rounds", type=int, default=8, help="scribble rounds after round 0 (the box track alone)")
     e.add_argument("--output", "-o", help="write per-sequence and overall JSON here")
     e.add_argument("--plot", help="write a PNG of J&F versus rounds here")
+    iv = sub.add_parser("import-video", help="upload a video and its frames to Label Studio as one mask task")
+    iv.add_argument("video", help=".mp4 or .webm file")
+    iv.add_argument("--label-studio", metavar="URL", help="Label Studio URL (default: $LABEL_STUDIO_URL)")
+    iv.add_argument("--api-key", help="Label Studio token, legacy or personal access token (default: $LABEL_STUDIO_API_KEY)")
+    iv.add_argument("--project", type=int, required=True, help="project id; its labeling config: config/label_studio/video_masks.xml")
+    iv.add_argument("--every", type=int, default=1, help="one frame image every N video frames (default 1: all)")
+    c = sub.add_parser("cvat", help="whole-video tools on a CVAT task through cvat-sdk (needs the 'cvat' extra)")
+    c.add_argument("--server-host", help="CVAT URL, e.g. http://localhost:8080 (default: the cvat-cli profile)")
+    c.add_argument("--server-port", type=int)
+    c.add_argument("--auth", help="USER[:PASS] (password from $PASS or a prompt); or set CVAT_ACCESS_TOKEN")
+    c.add_argument("--profile", help="a profile saved by cvat-cli")
+    c.add_argument("--org", help="organization slug")
+    c.add_argument("--insecure", action="store_true", help="do not check the server's TLS certificate")
+    c.add_argument("--tracker", help="csrt | kcf | nano (overrides the config)")
+    cs = c.add_subparsers(dest="cvat_command", required=True)
+    ct = cs.add_parser("track", help="Curve-VOT track over the whole task from the boxes drawn, written back as a track")
+    ct.add_argument("--task", type=int, required=True)
+    ct.add_argument("--label", help="label of the boxes to start from (needed when rectangles of several labels exist)")
+    ct.add_argument("--track-id", type=int, help="start from this rectangle track's keyframes instead of shapes")
+    ct.add_argument("--keep-source", action="store_true", help="keep the boxes/track the new track was made from")
+    cp = cs.add_parser("propagate", help="one mask per frame over a range, from the object's mask on --frame")
+    cp.add_argument("--task", type=int, required=True)
+    cp.add_argument("--frame", type=int, required=True, help="a frame with the object's mask (0-based task frame)")
+    cp.add_argument("--label", help="the object's label (needed when --frame has masks of several labels)")
+    cp.add_argument("--approved", help="more frames whose masks are approved, comma-separated")
+    cp.add_argument("--first", type=int, help="first frame to write (default 0)")
+    cp.add_argument("--last", type=int, help="last frame to write, inclusive (default: the task's last)")
+    cp.add_argument("--negative-label", help="'points' of this label are negative clicks")
+    cp.add_argument("--replace", action="store_true", help="delete earlier semi-auto masks of the label in the range")
+    from .training.options import add_train_arguments  # no torch import
+
+    add_train_arguments(sub.add_parser("train", help="train the learned mask networks, one stage per run (needs torch)"))
     return p
 
 
@@ -61,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluation.boxes import bench_command
 
             return bench_command(settings, args)
+        if args.command == "import-video":
+            from .importer import import_video_command
+
+            return import_video_command(args)
+        if args.command == "cvat":
+            from .backend.cvat.sdk_commands import cvat_command
+
+            return cvat_command(settings, args)
+        if args.command == "train":
+            try:
+                from .training.train import train_command
+            except ImportError as err:
+                raise RuntimeError(f"scribblebox train needs torch: pip install -e '.[learned]' torch==2.13.0 ({err})") from None
+            return train_command(settings, args)
         if args.command == "eval":
             from .evaluation.masks import eval_command
 

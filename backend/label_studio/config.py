@@ -1,4 +1,5 @@
-"""The parts of a Label Studio labeling config the box tracker needs: Video tags, VideoRectangle tags, labels."""
+"""The parts of a Label Studio labeling config the backend needs: Video tags, VideoRectangle tags, labels, and for
+masks the frame image lists (``<Image valueList="$frames">``) with their BrushLabels and smart KeyPointLabels."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -39,6 +40,18 @@ class LabelConfig:
     videos: dict[str, VideoTag] = field(default_factory=dict)
     rectangles: dict[str, str] = field(default_factory=dict)  # VideoRectangle name -> toName
     labels: dict[str, list[str]] = field(default_factory=dict)  # toName -> label values
+    image_lists: dict[str, str] = field(default_factory=dict)  # <Image valueList="$key"> name -> task data key
+    brushes: dict[str, str] = field(default_factory=dict)  # BrushLabels name -> toName
+    keypoints: dict[str, str] = field(default_factory=dict)  # KeyPointLabels name -> toName
+
+    def brush_for(self, image_name: str) -> str | None:
+        """The BrushLabels tag drawing on this image list (the first one), or None: masks cannot be returned there."""
+        return next((name for name, to in self.brushes.items() if to == image_name), None)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when some image list carries both BrushLabels (the masks) and KeyPointLabels (the clicks)."""
+        return any(self.brush_for(to) for to in self.keypoints.values() if to in self.image_lists)
 
     def video_for(self, to_name: str) -> VideoTag:
         """The Video tag a region points at; a config with a single Video tag accepts any to_name."""
@@ -75,6 +88,9 @@ def parse_label_config(xml: str) -> LabelConfig:
     videos: dict[str, VideoTag] = {}
     rectangles: dict[str, str] = {}
     labels: dict[str, list[str]] = {}
+    image_lists: dict[str, str] = {}
+    brushes: dict[str, str] = {}
+    keypoints: dict[str, str] = {}
     for el in root.iter():
         tag = el.tag.lower()
         name = _attr(el, "name") or ""
@@ -92,10 +108,17 @@ def parse_label_config(xml: str) -> LabelConfig:
                 videos[name] = VideoTag(name, value[1:], frame_rate=fps)
         elif tag == "videorectangle":
             rectangles[name] = _attr(el, "toName") or ""
+        elif tag == "image" and (_attr(el, "valueList") or "").strip().startswith("$"):
+            image_lists[name] = (_attr(el, "valueList") or "").strip()[1:]
+        elif tag == "brushlabels":
+            brushes[name] = _attr(el, "toName") or ""
+        elif tag == "keypointlabels":
+            keypoints[name] = _attr(el, "toName") or ""
         elif tag == "labels":
             values = [_attr(child, "value") for child in el if child.tag.lower() == "label"]
             labels.setdefault(_attr(el, "toName") or "", []).extend(v for v in values if v)
     if not videos:
         raise ValueError("labeling config has no <Video> tag: this backend tracks boxes on video "
-                         "(see config/label_studio/video_tracks.xml)")
-    return LabelConfig(videos=videos, rectangles=rectangles, labels=labels)
+                         "(see config/label_studio/video_tracks.xml, or video_masks.xml for masks)")
+    return LabelConfig(videos=videos, rectangles=rectangles, labels=labels, image_lists=image_lists, brushes=brushes,
+                       keypoints=keypoints)

@@ -2,6 +2,7 @@
 
 Interactive (``params.context.result``): each region's new or moved keyframes become anchors; the answer replaces the
 region in the UI (same id). Batch (context null): every region of the task's latest annotation or draft is completed.
+Clicks on a frame image list (smart KeyPointLabels, mask configs) go to `masks.MaskPredictor` instead.
 """
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ def _video_regions(result: Any) -> list[dict]:
     return [r for r in (result or []) if isinstance(r, Mapping) and r.get("type") == REGION_TYPE]
 
 
+def region_label(region: Mapping) -> str | None:
+    """The first label of a region (any ``*labels`` key of its value): how box tracks and masks find their object."""
+    value = region.get("value") if isinstance(region.get("value"), Mapping) else {}
+    for key, labels in value.items():
+        if key.endswith("labels") and isinstance(labels, list) and labels and isinstance(labels[0], str):
+            return labels[0]
+    return None
+
+
 def _default_opener(path: Path):
     from ...models.video import open_video
 
@@ -63,6 +73,7 @@ class Predictor:
         self.model_version = model_version
         self.default_fps = default_fps
         self.opener = opener or _default_opener
+        self.masks: Any = None  # a masks.MaskPredictor when the server serves mask configs
 
     # ---- requests -------------------------------------------------------------------------------------------
     def predict(self, body: Mapping) -> dict:
@@ -76,7 +87,9 @@ class Predictor:
         context = params.get("context")
         if context is not None and not (isinstance(context, Mapping) and isinstance(context.get("result"), list)):
             raise BadRequest("'params.context' must be null or an object with a 'result' list", detail={"context": context})
-        config = self._config(body.get("label_config"), project) if tasks else None
+        config = self.label_config(body.get("label_config"), project) if tasks else None
+        if context is not None and self.masks is not None and config is not None and self.masks.wants(context["result"], config):
+            return {"results": [self.masks.complete(project, task, context["result"], config) for task in tasks]}
         if context is not None:
             regions = _video_regions(context["result"])
             return {"results": [self._complete(project, task, regions, config) for task in tasks]}
@@ -92,27 +105,27 @@ class Predictor:
         project = payload.get("project") or task.get("project") or annotation.get("project")
         key = project_key(project)
         xml = project.get("label_config") if isinstance(project, Mapping) else None
-        task = self._with_data(task)
-        config = self._config(xml, key)
+        task = self.with_data(task)
+        config = self.label_config(xml, key)
         for to_name, group in self._by_video(regions).items():
-            with self._open(config, to_name, task["data"], group) as opened:
+            with self.open_video(config, to_name, task["data"], group) as opened:
                 for region in group:
                     rid = str(region.get("id"))
                     given = self._keyframes(region, opened)
                     old = self.store.get(key, str(task["id"]), rid)
                     result = old.result if old is not None and old.video_key == opened.key else {}
-                    self.store.put(key, str(task["id"]), rid, RegionState(opened.key, given, given, result))
+                    self.store.put(key, str(task["id"]), rid, RegionState(opened.key, given, given, result, region_label(region)))
         return len(regions)
 
     # ---- pieces ---------------------------------------------------------------------------------------------
-    def _config(self, xml: Any, project: str) -> LabelConfig:
+    def label_config(self, xml: Any, project: str) -> LabelConfig:
         xml = xml or self.store.get_label_config(project)
         try:
             return parse_label_config(xml)
         except ValueError as err:
             raise BadRequest(str(err), detail={"project": project}) from None
 
-    def _with_data(self, task: Mapping, need_annotations: bool = False) -> Mapping:
+    def with_data(self, task: Mapping, need_annotations: bool = False) -> Mapping:
         """The task itself, or as Label Studio has it (GET /api/tasks/{id}) when the payload lacks what we need."""
         lacks = not isinstance(task.get("data"), Mapping) or (need_annotations and "annotations" not in task and "drafts" not in task)
         session = self.media.session
@@ -133,7 +146,7 @@ class Predictor:
         return groups
 
     @contextmanager
-    def _open(self, config: LabelConfig, to_name: str, data: Mapping, regions: list[dict]) -> Iterator[OpenedVideo]:
+    def open_video(self, config: LabelConfig, to_name: str, data: Mapping, regions: list[dict]) -> Iterator[OpenedVideo]:
         """The video the regions point at, with its LS timeline, closed (file handles released) when the block ends."""
         try:
             tag = config.video_for(to_name)
@@ -183,7 +196,7 @@ class Predictor:
         except ValueError as err:
             raise BadRequest(str(err), detail={"region": region.get("id")}, status=422) from None
 
-    def _track(self, project: str, task_id: str, region: Mapping, opened: OpenedVideo) -> tuple[dict, float, list[str]]:
+    def track_region(self, project: str, task_id: str, region: Mapping, opened: OpenedVideo) -> tuple[dict, float, list[str]]:
         rid = region.get("id")
         if not rid:
             raise BadRequest("a videorectangle region has no 'id'", detail={"region": region})
@@ -204,7 +217,7 @@ class Predictor:
         ls_frames = {opened.timeline.video_frame(item["frame"]): item["frame"] for item in region["value"]["sequence"]}
         out = keyframes_region(region, result.keyframes, opened.timeline, ls_frames, round(score, 4))
         answered = region_keyframes(out, opened.timeline)
-        self.store.put(project, task_id, str(rid), RegionState(opened.key, anchors, answered, result.to_dict()))
+        self.store.put(project, task_id, str(rid), RegionState(opened.key, anchors, answered, result.to_dict(), region_label(region)))
         logger.info("task %s region %s: %d anchors -> %d keyframes (score %.3f) in %.1f s", task_id, rid, len(anchors),
                     len(answered), score, time.perf_counter() - start)
         return out, score, list(result.warnings)
@@ -213,13 +226,13 @@ class Predictor:
         """One prediction item: every region tracked, in the order given."""
         if not regions:
             return {"model_version": self.model_version, "score": 0.0, "result": []}
-        task = self._with_data(task)
+        task = self.with_data(task)
         outs, scores, warnings = {}, [], []
         for to_name, group in self._by_video(regions).items():
-            with self._open(config, to_name, task["data"], group) as opened:
+            with self.open_video(config, to_name, task["data"], group) as opened:
                 warnings += opened.warnings
                 for region in group:
-                    out, score, more = self._track(project, str(task["id"]), region, opened)
+                    out, score, more = self.track_region(project, str(task["id"]), region, opened)
                     outs[id(region)] = out
                     scores.append(score)
                     warnings += more
@@ -237,7 +250,7 @@ class Predictor:
         A failing task in a batch of several gets `[]` too, and the refusal is logged.
         """
         try:
-            task = self._with_data(task, need_annotations=True)
+            task = self.with_data(task, need_annotations=True)
             regions = _video_regions(_latest_result(task))
             return self._complete(project, task, regions, config) if regions else []
         except BadRequest as err:

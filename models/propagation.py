@@ -1,0 +1,259 @@
+"""Mask propagation through a box track: from every approved frame forward and backward, fused in between.
+
+One step carries frame s's mask to its neighbour d: both frames are cropped in a shared window (`FramePairs`),
+the mask is warped by the DIS flow d -> s, and GrabCut re-cuts a narrow band around the warped boundary (the deep
+inside stays foreground, the far outside background, the outside of d's grown box too), so errors of the flow are
+corrected by d's own colours and edges instead of accumulating. Strokes carried from the user's frames relabel
+the band: hard near their frame, probable farther away.
+
+Two sweeps walk the video (one forward, one backward) in two threads; OpenCV releases the GIL, so both CPU cores
+work. Between two approved frames a and b, frame t gets both sweeps' soft masks averaged with weights
+(b - t) / (b - a) and (t - a) / (b - a), then thresholded: the nearer approved frame counts more.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from .masks import Scribble
+from .scribble_propagation import Carried, FramePairs, ScribbleCarrier, locked_frames
+from .segmentation import (GrabCutSegmenter, Models, Window, colour_models, grabcut, keep_components, stroke_map,
+                           valid_box)
+from .video import Video
+
+log = logging.getLogger(__name__)
+
+Chain = tuple[int, int, int]  # (anchor frame, direction, last frame inclusive)
+
+
+@dataclass
+class State:
+    """What a chain carries from frame to frame: the soft mask (float32 in [0, 1]) in the frame's own window,
+    and the colour models, re-fitted on every frame instead of re-clustered."""
+
+    window: Window
+    soft: np.ndarray
+    models: Models | None = None
+
+
+def box_runs(boxes: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive frames that have a valid box: masks never travel across a gap."""
+    valid = np.array([valid_box(b) for b in boxes], dtype=bool)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+class FlowPropagator:
+    """Flow-warped masks re-cut by GrabCut in a narrow band (see the module docstring)."""
+
+    def __init__(self, work_size: int = 256, margin: float = 0.2, scribble_window: int = 10, band: float = 0.008,
+                 refine_size: int = 256, iterations: int = 1, clamp: float = 0.15, hard_distance: int = 3,
+                 keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, workers: int = 2,
+                 carry_models: bool = True, weak_weight: float = 0.5) -> None:
+        self.weak_weight = weak_weight
+        self.carry_models = carry_models
+        self.work_size = work_size
+        self.margin = margin
+        self.band = band
+        self.refine_size = refine_size
+        self.iterations = iterations
+        self.clamp = clamp
+        self.hard_distance = hard_distance
+        self.keep_fraction = keep_fraction
+        self.preset = preset
+        self.workers = workers
+        self.carrier = ScribbleCarrier(scribble_window)
+        self.segmenter = GrabCutSegmenter(work_size, margin)
+
+    def pairs(self, video: Video, boxes: np.ndarray) -> FramePairs:
+        return FramePairs(video, boxes, self.work_size, self.margin, self.preset)
+
+    def propagate(self, video: Video, boxes: np.ndarray, approved: dict[int, np.ndarray],
+                  scribbles: Sequence[Scribble], carried: dict[int, list[Carried]] | None = None,
+                  pairs: FramePairs | None = None, weak: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+        """Masks for every frame with a box (and every approved frame). `weak`: extra start frames that are less
+        trusted than approved ones (e.g. segmented from their box alone): they count `weak_weight` as much in the
+        fusion. A run of boxed frames without any start frame is seeded by segmenting its middle frame from its box."""
+        boxes = check_boxes(boxes, video.num_frames)
+        pairs = pairs or self.pairs(video, boxes)
+        if carried is None:
+            carried = self.carrier.carry(pairs, scribbles)
+        anchors = {int(f): np.asarray(m, dtype=bool) for f, m in approved.items()}
+        shape = (video.height, video.width)
+        for f, m in anchors.items():
+            if m.shape != shape:
+                raise ValueError(f"approved mask of frame {f} is {m.shape}, the video is {shape}: pass full-frame masks")
+        seeds = {**{int(f): np.asarray(m, dtype=bool) for f, m in (weak or {}).items()}, **anchors}
+        trust = {f: 1.0 if f in anchors else self.weak_weight for f in seeds}
+        for start, stop in box_runs(boxes):
+            if not any(start <= f < stop for f in seeds):
+                mid = (start + stop - 1) // 2
+                seeds[mid] = self.segmenter.segment(pairs.frame(mid), boxes[mid], [])
+                trust[mid] = self.weak_weight
+        chains = plan_chains(boxes, sorted(f for f in seeds if valid_box(boxes[f])))
+        states = {f: self.seed(pairs, f, m) for f, m in seeds.items() if valid_box(boxes[f])}
+        forward = [c for c in chains if c[1] > 0]
+        backward = [c for c in chains if c[1] < 0]
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            jobs = [pool.submit(self._sweep, pairs, part, states, carried) for part in (forward, backward)]
+            results = [job.result() for job in jobs]
+        fused = fuse(results[0], results[1], chains, trust)
+        masks = {f: state.window.paste(state.soft, shape) for f, state in fused.items()}
+        masks.update(seeds)
+        return masks
+
+    def _sweep(self, pairs: FramePairs, chains: list[Chain], seeds: dict[int, State],
+               carried: dict[int, list[Carried]]) -> dict[int, State]:
+        """Follow each chain from its anchor, one step per frame; returns frame -> soft mask in its own window."""
+        out: dict[int, State] = {}
+        for anchor, direction, last in chains:
+            state = seeds[anchor]
+            previous: np.ndarray | None = None
+            for frame, image in locked_frames(pairs.video, anchor, last + direction, pairs.lock):
+                if previous is not None:
+                    state = self.step(pairs, frame - direction, frame, previous, image, state, carried.get(frame, []))
+                    out[frame] = state
+                previous = image
+        return out
+
+    def seed(self, pairs: FramePairs, frame: int, mask: np.ndarray) -> State:
+        """A chain's start: the anchor's mask in its own window, and colour models fitted to it."""
+        window = pairs.own_window(frame)
+        soft = window.take(mask)
+        models = colour_models(window.crop(pairs.frame(frame)), soft > 0.5) if self.carry_models else None
+        return State(window, soft, models)
+
+    def step(self, pairs: FramePairs, src: int, dst: int, src_image: np.ndarray, dst_image: np.ndarray,
+             state: State, cues: list[Carried]) -> State:
+        """Frame src's soft mask carried to its neighbour dst (warp by flow, then GrabCut around the warp)."""
+        window, flow = pairs.flow(dst, src, dst_image, src_image)
+        soft = state.window.convert(state.soft, window)
+        grid = np.mgrid[0:window.h, 0:window.w].astype(np.float32)
+        warped = cv2.remap(soft, grid[1] + flow[..., 0], grid[0] + flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        labels = self.labels(warped, window.box_rect(pairs.boxes[dst], self.clamp), window, cues)
+        refined, models = self.refine(window.crop(dst_image), labels, state.models)
+        own = pairs.own_window(dst)
+        return State(own, window.convert(refined, own), models if self.carry_models else None)
+
+    def labels(self, prior: np.ndarray, clamp: tuple[int, int, int, int], window: Window,
+               cues: list[Carried]) -> np.ndarray | None:
+        """GrabCut labels from the warped mask: farther than the band inside it foreground, outside it background
+        (and outside the grown box), the band probable (by the warp); None when the object was lost. The band is
+        narrow: the flow is usually right to a pixel or two, and GrabCut only snaps the boundary to the edges."""
+        h, w = prior.shape
+        inside = np.zeros((h, w), dtype=bool)
+        x0, y0, x1, y1 = clamp
+        inside[y0:y1, x0:x1] = True
+        core = (prior > 0.5) & inside
+        if np.count_nonzero(core) < 4:
+            return None
+        r = max(int(round(self.band * max(h, w))), 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        labels = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
+        labels[core] = cv2.GC_PR_FGD
+        labels[cv2.erode(core.astype(np.uint8), kernel) > 0] = cv2.GC_FGD
+        labels[cv2.dilate(core.astype(np.uint8), kernel) == 0] = cv2.GC_BGD
+        labels[~inside] = cv2.GC_BGD
+        self._apply_cues(labels, cues, window, kernel)
+        return labels
+
+    def refine(self, image: np.ndarray, labels: np.ndarray | None, models: Models | None,
+               ) -> tuple[np.ndarray, Models | None]:
+        """GrabCut on the part of the crop that is not certain background (at most `refine_size`) -> soft mask."""
+        h, w = image.shape[:2]
+        out = np.zeros((h, w), np.float32)
+        if labels is None:
+            return out, models
+        ys, xs = np.nonzero(labels != cv2.GC_BGD)
+        y0, y1 = max(ys.min() - 2, 0), min(ys.max() + 3, h)
+        x0, x1 = max(xs.min() - 2, 0), min(xs.max() + 3, w)
+        roi_image, roi_labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
+        scale = min(1.0, self.refine_size / max(h, w))
+        if scale < 1.0:
+            size = (max(int(round((x1 - x0) * scale)), 1), max(int(round((y1 - y0) * scale)), 1))
+            roi_image = cv2.resize(roi_image, size, interpolation=cv2.INTER_AREA)
+            roi_labels = cv2.resize(roi_labels, size, interpolation=cv2.INTER_NEAREST)
+        fg, models = grabcut(roi_image, roi_labels, self.iterations, models)
+        if fg is None:
+            fg = (roi_labels == cv2.GC_FGD) | (roi_labels == cv2.GC_PR_FGD)
+        fg = keep_components(fg, None, self.keep_fraction).astype(np.float32)
+        if scale < 1.0:
+            fg = cv2.resize(fg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        out[y0:y1, x0:x1] = fg
+        return out, models
+
+    def _apply_cues(self, labels: np.ndarray, cues: list[Carried], window: Window, kernel: np.ndarray) -> None:
+        """Carried strokes: near their frame hard labels (and the opposite hard labels around them freed),
+        farther away probable labels."""
+        near = [c.scribble for c in cues if c.distance <= self.hard_distance]
+        far = [c.scribble for c in cues if c.distance > self.hard_distance]
+        if far:
+            marks = stroke_map(far, window)
+            labels[(marks > 0) & (labels != cv2.GC_FGD)] = cv2.GC_PR_FGD
+            labels[(marks < 0) & (labels != cv2.GC_BGD)] = cv2.GC_PR_BGD
+        if near:
+            marks = stroke_map(near, window)
+            pos = cv2.dilate((marks > 0).astype(np.uint8), kernel) > 0
+            neg = cv2.dilate((marks < 0).astype(np.uint8), kernel) > 0
+            labels[pos & (labels == cv2.GC_BGD)] = cv2.GC_PR_BGD
+            labels[neg & (labels == cv2.GC_FGD)] = cv2.GC_PR_FGD
+            labels[marks > 0] = cv2.GC_FGD
+            labels[marks < 0] = cv2.GC_BGD
+
+
+def check_boxes(boxes: np.ndarray, num_frames: int) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.shape != (num_frames, 4):
+        raise ValueError(f"boxes must be (num_frames, 4) = ({num_frames}, 4) x, y, w, h with NaN rows where the "
+                         f"object is absent, got {boxes.shape}")
+    return boxes
+
+
+def plan_chains(boxes: np.ndarray, anchors: list[int]) -> list[Chain]:
+    """Every anchor's forward and backward chains, each ending before the next anchor or at its run's end."""
+    chains: list[Chain] = []
+    for start, stop in box_runs(boxes):
+        inside = [a for a in anchors if start <= a < stop]
+        for i, a in enumerate(inside):
+            nxt = inside[i + 1] if i + 1 < len(inside) else stop
+            prv = inside[i - 1] if i else start - 1
+            if nxt - a > 1:
+                chains.append((a, 1, nxt - 1))
+            if a - prv > 1:
+                chains.append((a, -1, prv + 1))
+    chains.sort(key=lambda c: c[0] * c[1])  # forward chains in increasing, backward in decreasing order
+    return chains
+
+
+def fuse(forward: dict[int, State], backward: dict[int, State], chains: list[Chain],
+         trust: dict[int, float]) -> dict[int, State]:
+    """One soft mask per frame: where both sweeps reached it, their average weighted by temporal proximity
+    (1 / distance to each start frame) times the start frame's trust. A sweep that lost the object (empty mask)
+    does not vote: the object is known to be in the box."""
+    origin = {}
+    for anchor, direction, last in chains:
+        for f in range(anchor + direction, last + direction, direction):
+            origin.setdefault(f, {})[direction] = anchor
+    out = dict(forward)
+    for f, state in backward.items():
+        if f not in out:
+            out[f] = state
+            continue
+        a, b = origin[f][1], origin[f][-1]
+        wa, wb = trust[a] / (f - a), trust[b] / (b - f)
+        weight = wa / (wa + wb)
+        if not np.any(state.soft > 0.5):
+            continue
+        if not np.any(out[f].soft > 0.5):
+            out[f] = state
+            continue
+        mine = out[f]
+        out[f] = State(mine.window, weight * mine.soft + (1 - weight) * state.window.convert(state.soft, mine.window))
+    return out
