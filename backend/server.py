@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -231,4 +230,9 @@ def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090, workers: 
     command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", "4", "--timeout", "120",
                "--bind", f"{host}:{port}", *_gunicorn_extras(), "scribblebox.backend.server:create_app()"]
     logger.info("starting %s", " ".join(command))
-    return subprocess.call(command, env=env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become gunicorn (same PID): stop signals (docker stop, systemd, Ctrl-C) reach its arbiter, which shuts the
+    # workers down gracefully; a child process would be orphaned when this one is killed.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached (tests replace os.execve)

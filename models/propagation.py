@@ -23,8 +23,8 @@ import numpy as np
 
 from .masks import Scribble
 from .scribble_propagation import Carried, FramePairs, ScribbleCarrier, locked_frames
-from .segmentation import (GrabCutSegmenter, Models, Window, colour_models, grabcut, keep_components, stroke_map,
-                           valid_box)
+from .segmentation import (GrabCutSegmenter, Models, Window, colour_models, correction_zone, grabcut, keep_components,
+                           stroke_map, valid_box)
 from .video import Video
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,10 @@ class FlowPropagator:
     def __init__(self, work_size: int = 256, margin: float = 0.2, scribble_window: int = 10, band: float = 0.008,
                  refine_size: int = 256, iterations: int = 1, clamp: float = 0.15, hard_distance: int = 3,
                  keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, workers: int = 2,
-                 carry_models: bool = True, weak_weight: float = 0.5) -> None:
+                 carry_models: bool = True, weak_weight: float = 0.5,
+                 cue_local: float = 0.04, cue_reach: float = 1.5) -> None:
+        self.cue_local = cue_local
+        self.cue_reach = cue_reach
         self.weak_weight = weak_weight
         self.carry_models = carry_models
         self.work_size = work_size
@@ -161,7 +164,8 @@ class FlowPropagator:
         labels[cv2.erode(core.astype(np.uint8), kernel) > 0] = cv2.GC_FGD
         labels[cv2.dilate(core.astype(np.uint8), kernel) == 0] = cv2.GC_BGD
         labels[~inside] = cv2.GC_BGD
-        self._apply_cues(labels, cues, window, kernel)
+        self._apply_cues(labels, core, cues, window)
+        labels[~inside] = cv2.GC_BGD
         return labels
 
     def refine(self, image: np.ndarray, labels: np.ndarray | None, models: Models | None,
@@ -189,9 +193,15 @@ class FlowPropagator:
         out[y0:y1, x0:x1] = fg
         return out, models
 
-    def _apply_cues(self, labels: np.ndarray, cues: list[Carried], window: Window, kernel: np.ndarray) -> None:
-        """Carried strokes: near their frame hard labels (and the opposite hard labels around them freed),
-        farther away probable labels."""
+    def _apply_cues(self, labels: np.ndarray, core: np.ndarray, cues: list[Carried], window: Window) -> None:
+        """Carried strokes free the labels around them (as a correction on the user's frame does) and mark their
+        pixels: hard labels near their frame, probable labels farther away."""
+        if not cues or not self.cue_reach:
+            return
+        strokes = [c.scribble for c in cues]
+        free = correction_zone(core, strokes, window, self.cue_local, self.cue_reach)
+        labels[free & (labels == cv2.GC_FGD)] = cv2.GC_PR_FGD
+        labels[free & (labels == cv2.GC_BGD)] = cv2.GC_PR_BGD
         near = [c.scribble for c in cues if c.distance <= self.hard_distance]
         far = [c.scribble for c in cues if c.distance > self.hard_distance]
         if far:
@@ -200,10 +210,6 @@ class FlowPropagator:
             labels[(marks < 0) & (labels != cv2.GC_BGD)] = cv2.GC_PR_BGD
         if near:
             marks = stroke_map(near, window)
-            pos = cv2.dilate((marks > 0).astype(np.uint8), kernel) > 0
-            neg = cv2.dilate((marks < 0).astype(np.uint8), kernel) > 0
-            labels[pos & (labels == cv2.GC_BGD)] = cv2.GC_PR_BGD
-            labels[neg & (labels == cv2.GC_FGD)] = cv2.GC_PR_FGD
             labels[marks > 0] = cv2.GC_FGD
             labels[marks < 0] = cv2.GC_BGD
 

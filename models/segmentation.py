@@ -203,6 +203,33 @@ def colour_models(image: np.ndarray, mask: np.ndarray) -> Models | None:
     return bgd, fgd
 
 
+def correction_zone(inside: np.ndarray, scribbles: Sequence[Scribble], window: Window, local: float,
+                    reach: float) -> np.ndarray:
+    """Where strokes may change a prior mask (`inside`, working size): around each stroke, within `local` x the crop
+    size or `reach` x the stroke's deepest distance to the prior's boundary, whichever is larger, so a stroke drawn
+    along the middle of a large wrong region frees the whole region."""
+    size = max(inside.shape)
+    free = np.zeros(inside.shape, dtype=bool)
+    inside8 = inside.astype(np.uint8)
+    depth_in = cv2.distanceTransform(inside8, cv2.DIST_L2, 3)
+    depth_out = cv2.distanceTransform(1 - inside8, cv2.DIST_L2, 3)
+    for s in scribbles:
+        stroke = stroke_map([s], window) != 0
+        if not stroke.any():
+            continue
+        depth = float((depth_out if s.positive else depth_in)[stroke].max())
+        free |= cv2.distanceTransform((~stroke).astype(np.uint8), cv2.DIST_L2, 3) <= max(local * size, reach * depth)
+    return free
+
+
+def keep_outside_zone(labels: np.ndarray, inside: np.ndarray, free: np.ndarray, band: int) -> None:
+    """Outside `free`, the prior becomes hard labels except a band of `band` pixels along its boundary."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    inside8 = inside.astype(np.uint8)
+    labels[~free & (cv2.erode(inside8, kernel) > 0)] = cv2.GC_FGD
+    labels[~free & (cv2.dilate(inside8, kernel) == 0)] = cv2.GC_BGD
+
+
 class GrabCutSegmenter:
     """Box (+ prior mask) + strokes -> mask with GrabCut in a crop around the box.
 
@@ -269,25 +296,9 @@ class GrabCutSegmenter:
 
     def _keep_prior(self, labels: np.ndarray, inside: np.ndarray, scribbles: Sequence[Scribble],
                     window: Window) -> None:
-        """A correction changes the mask near its strokes only; elsewhere the prior is kept up to a narrow band.
-        Each stroke frees a zone whose radius grows with its distance to the prior's boundary: a stroke drawn
-        along the middle of a large wrong region frees the whole region."""
-        size = max(labels.shape)
-        free = np.zeros(labels.shape, dtype=bool)
-        inside8 = inside.astype(np.uint8)
-        depth_in = cv2.distanceTransform(inside8, cv2.DIST_L2, 3)
-        depth_out = cv2.distanceTransform(1 - inside8, cv2.DIST_L2, 3)
-        for s in scribbles:
-            stroke = stroke_map([s], window) != 0
-            if not stroke.any():
-                continue
-            depth = (depth_out if s.positive else depth_in)[stroke].max()
-            reach = max(self.local * size, self.reach * depth)
-            free |= cv2.distanceTransform((~stroke).astype(np.uint8), cv2.DIST_L2, 3) <= reach
-        r = max(int(round(self.band * size)), 1)
-        band = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        labels[~free & (cv2.erode(inside8, band) > 0)] = cv2.GC_FGD
-        labels[~free & (cv2.dilate(inside8, band) == 0)] = cv2.GC_BGD
+        """A correction changes the mask near its strokes only; elsewhere the prior is kept up to a narrow band."""
+        free = correction_zone(inside, scribbles, window, self.local, self.reach)
+        keep_outside_zone(labels, inside, free, max(int(round(self.band * max(labels.shape))), 1))
 
     def labels(self, window: Window, box: np.ndarray, scribbles: Sequence[Scribble], prior: np.ndarray | None,
                soft: Sequence[Scribble]) -> np.ndarray:

@@ -328,7 +328,8 @@ def _free_port() -> int:
 def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
     port, seen = _free_port(), {}
 
-    def call(command, env):
+    def execve(path, command, env):
+        assert path == command[0]
         seen["command"] = command
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -344,7 +345,7 @@ def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
             proc.wait(10)
         return 0
 
-    monkeypatch.setattr(subprocess, "call", call)
+    monkeypatch.setattr(server.os, "execve", execve)
     assert server.serve(settings, host="127.0.0.1", port=port, workers=1) == 0
     assert seen["command"][1:3] == ["-m", "gunicorn"] and "--timeout" in seen["command"] and "--no-control-socket" in seen["command"]
     assert seen["command"][-1] == "scribblebox.backend.server:create_app()"
