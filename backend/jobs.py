@@ -15,13 +15,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sqlite import SQLiteFile
+
 logger = logging.getLogger(__name__)
-BUSY_TIMEOUT_MS = 30_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     project TEXT NOT NULL, task_id TEXT NOT NULL, payload TEXT NOT NULL,
@@ -49,37 +49,15 @@ class Job:
     claim: str
 
 
-class JobQueue:
+class JobQueue(SQLiteFile):
     """The jobs table. clock: seconds (injected in tests); backoff doubles from `backoff_s` up to `max_backoff_s`."""
+
+    SCHEMA = SCHEMA
 
     def __init__(self, path: str | Path, lease_s: float = 600.0, backoff_s: float = 2.0, max_backoff_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lease_s, self.backoff_s, self.max_backoff_s, self.clock = lease_s, backoff_s, max_backoff_s, clock
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        super().__init__(path)
 
     def enqueue(self, project: str, task_id: str, payload: dict) -> int:
         """Store (or replace) the task's job; returns its generation. A running job keeps running and reruns after."""

@@ -36,26 +36,26 @@ _ENGINES: dict[TrackingSettings | MaskSettings, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def get_engine(tracking: TrackingSettings) -> Any:
-    """The process's engine for these settings, built on first use (weights/trackers load once, never per request)."""
+def _once(key: Any, build: Callable[[], Any], what: str) -> Any:
+    """The process's engine for `key`, built on first use (weights/trackers load once, never per request)."""
     with _ENGINES_LOCK:
-        if tracking not in _ENGINES:
-            from ..models.curvevot import CurveVOT
+        if key not in _ENGINES:
+            logger.info("building %s", what)
+            _ENGINES[key] = build()
+        return _ENGINES[key]
 
-            logger.info("building CurveVOT engine (tracker=%s)", tracking.tracker)
-            _ENGINES[tracking] = CurveVOT.from_settings(tracking)
-        return _ENGINES[tracking]
+
+def get_engine(tracking: TrackingSettings) -> Any:
+    from ..models.curvevot import CurveVOT
+
+    return _once(tracking, lambda: CurveVOT.from_settings(tracking), f"CurveVOT engine (tracker={tracking.tracker})")
 
 
 def get_mask_engine(masks: MaskSettings) -> Any:
-    """The process's mask engine for these settings, built on first use (shared by requests and the job thread)."""
-    with _ENGINES_LOCK:
-        if masks not in _ENGINES:
-            from ..models.mask_engine import MaskEngine
+    """Shared by request threads and the job thread."""
+    from ..models.mask_engine import MaskEngine
 
-            logger.info("building mask engine (%s)", masks.engine)
-            _ENGINES[masks] = MaskEngine.from_settings(masks)
-        return _ENGINES[masks]
+    return _once(masks, lambda: MaskEngine.from_settings(masks), f"mask engine ({masks.engine})")
 
 
 def model_version(settings: Settings) -> str:

@@ -9,18 +9,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..models.track import Keyframe
+from .sqlite import SQLiteFile
 
-BUSY_TIMEOUT_MS = 30_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS regions (
     project TEXT NOT NULL, task_id TEXT NOT NULL, region_id TEXT NOT NULL,
@@ -117,35 +113,10 @@ class MaskState:
                          {int(f): list(v) for f, v in d["seen"].items()})
 
 
-class TrackStore:
+class TrackStore(SQLiteFile):
     """Region states keyed by (project, task_id, region_id), plus the labeling config each project sent to /setup."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    SCHEMA = SCHEMA
 
     def get(self, project: str, task_id: str, region_id: str) -> RegionState | None:
         with self._connect() as db:

@@ -333,7 +333,7 @@ def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
         seen["command"] = command
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(100):
+            for _ in range(300):  # up to 30 s: gunicorn boots slowly on a busy 2-core machine
                 try:
                     seen["health"] = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
                     seen["version"] = requests.get(f"http://127.0.0.1:{port}/versions", timeout=1).json()
