@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, engine: Any = None, env: Mappin
     if jobs.seconds_to_next() is not None or jobs.counts().get("running"):
         backend.worker.start()  # jobs left by an earlier run (or a dead worker's claim, after its lease)
     app = Flask("scribblebox")
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_request_mb * 2**20
     app.extensions[EXTENSION] = backend
     register_error_handlers(app)
     register_basic_auth(app, env)
@@ -194,7 +195,7 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         body = _json_body()
         action = body.get("action")
         metrics.add(webhooks=1)
-        if action in RECORDED_ACTIONS:
+        if isinstance(action, str) and action in RECORDED_ACTIONS:  # any JSON may come: a list is unhashable
             backend.record_later(body)
             if MaskPredictor.is_mask_payload(body):
                 backend.enqueue_masks(body)

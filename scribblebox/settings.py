@@ -34,6 +34,7 @@ class MaskSettings:
 class ServerSettings:
     data_dir: str = "var"
     max_download_mb: int = 2048
+    max_request_mb: int = 64
     default_frame_rate: float = 24.0
 
 

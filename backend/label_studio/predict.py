@@ -44,7 +44,9 @@ def project_key(project: Any) -> str:
 
 
 def _video_regions(result: Any) -> list[dict]:
-    return [r for r in (result or []) if isinstance(r, Mapping) and r.get("type") == REGION_TYPE]
+    if not isinstance(result, list):  # payloads are any JSON: a non-list holds no regions
+        return []
+    return [r for r in result if isinstance(r, Mapping) and r.get("type") == REGION_TYPE]
 
 
 def region_label(region: Mapping) -> str | None:
@@ -98,6 +100,8 @@ class Predictor:
     def record_annotation(self, payload: Mapping) -> int:
         """ANNOTATION_CREATED/UPDATED: the submitted keyframes become the user's anchors. Returns regions recorded."""
         annotation = payload.get("annotation") or {}
+        if not isinstance(annotation, Mapping):  # webhook bodies are any JSON: refuse, never crash the recorder
+            raise BadRequest("webhook 'annotation' must be an object", detail={"got": type(annotation).__name__})
         regions = _video_regions(annotation.get("result"))
         if not regions:
             return 0
@@ -263,8 +267,14 @@ class Predictor:
 def _latest_result(task: Mapping) -> list:
     """Result of the newest non-cancelled annotation, else of the newest draft, else []."""
     def newest(items: Any) -> Mapping | None:
-        items = [i for i in (items or []) if isinstance(i, Mapping) and not i.get("was_cancelled")]
-        return max(items, key=lambda i: (str(i.get("updated_at") or i.get("created_at") or ""), i.get("id") or 0), default=None)
+        items = [i for i in (items if isinstance(items, list) else []) if isinstance(i, Mapping) and not i.get("was_cancelled")]
+
+        def order(i: Mapping) -> tuple[str, float]:  # ids of mixed types must not make max() raise
+            number = i.get("id") if isinstance(i.get("id"), (int, float)) else 0
+            return str(i.get("updated_at") or i.get("created_at") or ""), number
+
+        return max(items, key=order, default=None)
 
     chosen = newest(task.get("annotations")) or newest(task.get("drafts"))
-    return list(chosen.get("result") or []) if chosen else []
+    result = chosen.get("result") if chosen else None
+    return list(result) if isinstance(result, list) else []

@@ -75,6 +75,8 @@ def _box_px(item: Mapping, timeline: Timeline, where: str) -> tuple[float, float
     x, y, w, h = (_number(item, k, where) for k in ("x", "y", "width", "height"))
     if w < 0 or h < 0:
         raise ValueError(f"{where}: negative box size width={w}, height={h} (percent); redraw the box")
+    if w == 0 or h == 0:
+        raise ValueError(f"{where}: empty box (width={w}, height={h} percent); redraw the box around the object")
     x1, y1 = max(x, 0.0), max(y, 0.0)
     x2, y2 = min(x + w, 100.0), min(y + h, 100.0)
     if x2 <= x1 or y2 <= y1:
