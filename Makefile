@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 9090
 
-.PHONY: setup serve demo test ls-venv bench-track clean
+.PHONY: setup serve demo test ls-venv browser bench-track clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,10 @@ demo: setup  ## set up, make a synthetic video and track its object from one box
 ls-venv:  ## Label Studio 1.23.2 in its own venv, for the end-to-end tests
 	bash scripts/label-studio-venv.sh
 
-test: setup ls-venv
+browser: setup  ## Debian's Chromium + Playwright, for the browser end-to-end test
+	bash scripts/install-browser.sh
+
+test: setup ls-venv browser
 	$(PY) -m pytest -q
 
 bench-track: setup
