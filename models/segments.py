@@ -107,7 +107,7 @@ def _lost_at(scores: np.ndarray, boxes: np.ndarray, run: int) -> int | None:
     return None
 
 
-def _fit(ctx: Context, frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> list[int]:
+def _fit(ctx: Context, boxes: np.ndarray, scores: np.ndarray) -> list[int]:
     """Keyframe indices for a run whose ends are fixed (anchors or track ends)."""
     smooth = smooth_outliers(boxes, scores)
     return fit_keyframes(smooth, ctx.tolerance, trusted=scores >= LOW_SCORE)
@@ -126,7 +126,7 @@ def one_sided(ctx: Context, anchor: Keyframe, limit: int) -> SegmentResult:
         run = np.concatenate([np.asarray(anchor.box)[None], boxes[:kept]])
         run_scores = np.concatenate([[1.0], scores[:kept]])
         frames = anchor.frame + step * np.arange(kept + 1)
-        for idx in _fit(ctx, frames, run, run_scores)[1:]:
+        for idx in _fit(ctx, run, run_scores)[1:]:
             ended = step == 1 and lost is not None and idx == kept
             keyframes.append(Keyframe.of(frames[idx], run[idx], enabled=not ended))
     elif step == 1 and lost is not None:
@@ -171,7 +171,7 @@ def two_sided(ctx: Context, left: Keyframe, right: Keyframe) -> SegmentResult:
     scores = np.where(alpha > 0, np.maximum(fwd_s[:-1], bwd_s[1:]) * alpha, 0.5)
     run = np.concatenate([box_a[None], boxes, box_b[None]])
     run_scores = np.concatenate([[1.0], np.maximum(scores, LOW_SCORE), [1.0]])
-    keys = _fit(ctx, np.arange(a, b + 1), run, run_scores)[1:-1]
+    keys = _fit(ctx, run, run_scores)[1:-1]
     keyframes = [Keyframe.of(a + i, run[i]) for i in keys]
     method = "interp" if alpha.max() == 0 else ("blend" if alpha.min() > 0 else "mixed")
     return SegmentResult(a + 1, boxes, scores, keyframes, method)
@@ -213,12 +213,12 @@ def _with_gap(ctx: Context, left: Keyframe, right: Keyframe, fwd, fwd_s, bwd, bw
     keyframes: list[Keyframe] = []
     if first > 0:
         run = np.concatenate([np.asarray(left.box)[None], fwd[:first]])
-        idx = _fit(ctx, np.arange(a, a + first + 1), run, np.concatenate([[1.0], fwd_s[:first]]))[1:]
+        idx = _fit(ctx, run, np.concatenate([[1.0], fwd_s[:first]]))[1:]
         keyframes += [Keyframe.of(a + i, run[i], enabled=(i != first)) for i in idx]
     else:
         keyframes.append(Keyframe.of(a, left.box, enabled=False))
     if last + 1 < len(bwd):
         run = np.concatenate([bwd[last + 1 :], np.asarray(right.box)[None]])
-        idx = _fit(ctx, np.arange(len(run)), run, np.concatenate([bwd_s[last + 1 :], [1.0]]))[:-1]
+        idx = _fit(ctx, run, np.concatenate([bwd_s[last + 1 :], [1.0]]))[:-1]
         keyframes += [Keyframe.of(a + 1 + last + 1 + i, run[i]) for i in idx]
     return SegmentResult(a + 1, boxes, scores, keyframes, "gap")

@@ -159,3 +159,18 @@ def test_nanotrack_without_weights_says_what_is_missing():
         CurveVOT(tracker="nano")
     with pytest.raises(ValueError, match="not found"):
         CurveVOT(tracker="nano", nano_backbone="/nope/b.onnx", nano_head="/nope/h.onnx")
+
+
+def test_occlusion_between_two_anchors_leaves_a_gap():
+    scene = moving_box_scene(num_frames=60, size=(480, 320), start=(60, 80, 70, 60), velocity=(3, 0))
+    frames = np.stack(list(scene.frames()))
+    frames[20:40] = scene.background  # hidden from frame 20 to 39
+    anchors = [Keyframe.of(0, scene.boxes[0]), Keyframe.of(59, scene.boxes[59])]
+    result = CurveVOT().track(ArrayVideo(frames), anchors)
+    assert np.isnan(result.boxes[26:34, 0]).all()
+    ends = [k for k in result.keyframes if not k.enabled]
+    assert len(ends) == 1 and 14 <= ends[0].frame <= 21
+    assert iou(result.boxes[:15], scene.boxes[:15]).mean() > 0.8
+    assert iou(result.boxes[45:], scene.boxes[45:]).mean() > 0.8
+    shown = render_keyframes(result.keyframes, 60)
+    assert np.isnan(shown[26:34, 0]).all() and iou(shown[45:], scene.boxes[45:]).mean() > 0.75
