@@ -1,0 +1,67 @@
+"""The classical mask engine on a synthetic scene whose true mask is known (the object is a filled rectangle)."""
+import numpy as np
+import pytest
+
+from scribblebox.models.mask_engine import MaskEngine
+from scribblebox.models.masks import Scribble
+from scribblebox.models.segmentation import GrabCutSegmenter, satisfies
+from scribblebox.models.synthetic import moving_box_scene
+from scribblebox.models.video import ArrayVideo
+from scribblebox.settings import MaskSettings
+
+
+def box_mask(box, shape) -> np.ndarray:
+    x, y, w, h = (int(round(v)) for v in box)
+    mask = np.zeros(shape, bool)
+    mask[y:y + h, x:x + w] = True
+    return mask
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    s = moving_box_scene(num_frames=20, size=(320, 240), start=(80, 70, 90, 70), velocity=(3, 1))
+    return s, ArrayVideo(np.stack(list(s.frames())))
+
+
+def test_box_alone_segments_the_object(scene):
+    s, video = scene
+    loose = s.boxes[0] + [-8, -8, 16, 16]
+    mask = GrabCutSegmenter().segment(video.frame(0), loose, [])
+    assert mask.shape == (240, 320)
+    assert jaccard(mask, box_mask(s.boxes[0], mask.shape)) > 0.7
+
+
+def test_strokes_are_respected(scene):
+    s, video = scene
+    x, y, w, h = s.boxes[0]
+    loose = s.boxes[0] + [-20, -20, 40, 40]
+    strokes = [Scribble(0, np.array([[x + 10, y + 10], [x + w - 10, y + h - 10]]), True),
+               Scribble(0, np.array([[x - 15, y - 15], [x - 15, y + h + 10]]), False)]
+    mask = GrabCutSegmenter().segment(video.frame(0), loose, strokes)
+    assert satisfies(mask, strokes)
+
+
+def test_engine_propagates_an_approved_mask_through_the_track(scene):
+    s, video = scene
+    engine = MaskEngine.from_settings(MaskSettings())
+    approved = {0: box_mask(s.boxes[0], (240, 320))}
+    result = engine.run(video, s.boxes, [], approved=approved)
+    assert set(result.masks) == set(range(20))
+    assert np.array_equal(result.masks[0], approved[0])
+    scores = [jaccard(result.masks[f], box_mask(s.boxes[f], (240, 320))) for f in range(20)]
+    assert min(scores) > 0.6 and np.mean(scores) > 0.75
+
+
+def test_engine_refuses_strokes_without_a_box_and_wrong_sized_masks(scene):
+    s, video = scene
+    boxes = s.boxes.copy()
+    boxes[5] = np.nan
+    engine = MaskEngine.from_settings(MaskSettings())
+    with pytest.raises(ValueError, match="no box"):
+        engine.run(video, boxes, [Scribble(5, np.array([[10.0, 10.0]]), True)])
+    with pytest.raises(ValueError, match="video is 320x240"):
+        engine.run(video, s.boxes, [], approved={0: np.zeros((10, 10), bool)})
