@@ -23,7 +23,7 @@ from .video import Video
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("classical",)
+ENGINES = ("classical", "learned")
 
 
 class MaskEngine:
@@ -41,6 +41,12 @@ class MaskEngine:
     @classmethod
     def from_settings(cls, masks) -> "MaskEngine":
         """The engine named by `settings.masks` (a MaskSettings)."""
+        if masks.engine == "learned":
+            if not masks.checkpoint:
+                raise ValueError("masks.engine 'learned' needs masks.checkpoint (a file written by `scribblebox train`)")
+            from .networks.learned_engine import LearnedMaskEngine  # torch is only imported for this engine
+
+            return LearnedMaskEngine.from_checkpoint(masks.checkpoint, masks.device, masks.scribble_window)
         if masks.engine not in ENGINES:
             raise ValueError(f"unknown mask engine {masks.engine!r}; known: {list(ENGINES)} (set masks.engine)")
         if masks.work_size < 32:

@@ -28,6 +28,8 @@ class MaskSettings:
     engine: str = "classical"
     work_size: int = 256
     scribble_window: int = 10
+    checkpoint: str | None = None
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ ENV_OVERRIDES = {
     "SCRIBBLEBOX_NANO_HEAD": ("tracking", "nano_head"),
     "SCRIBBLEBOX_TOLERANCE": ("tracking", "tolerance"),
     "SCRIBBLEBOX_DATA_DIR": ("server", "data_dir"),
+    "SCRIBBLEBOX_MASK_ENGINE": ("masks", "engine"),
+    "SCRIBBLEBOX_MASK_CHECKPOINT": ("masks", "checkpoint"),
+    "SCRIBBLEBOX_DEVICE": ("masks", "device"),
 }
 
 

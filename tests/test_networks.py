@@ -219,3 +219,20 @@ def test_net_config_round_trip_rejects_unknown_keys():
     assert NetConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}) == SMALL
     with pytest.raises(ValueError, match="unknown network config"):
         NetConfig.from_dict({**data, "depth": 3})
+
+
+def test_learned_engine_is_selected_by_the_mask_settings(checkpoint):
+    from scribblebox.models.mask_engine import MaskEngine
+    from scribblebox.settings import MaskSettings
+
+    video, boxes = moving_square_video()
+    engine = MaskEngine.from_settings(MaskSettings(engine="learned", checkpoint=str(checkpoint), device="cpu"))
+    approved = {0: np.zeros((64, 96), bool)}
+    approved[0][20:44, 20:44] = True
+    strokes = [Scribble(3, np.array([[32.0, 30.0], [36.0, 32.0]]), True)]
+    result = engine.run(video, boxes, strokes, approved=approved)
+    assert sorted(result.masks) == [0, 1, 2, 3, 4, 5]
+    assert np.array_equal(result.masks[0], approved[0]) and result.masks[3][30, 32]
+    assert sorted(result.approved) == [0, 3]
+    with pytest.raises(ValueError, match="needs masks.checkpoint"):
+        MaskEngine.from_settings(MaskSettings(engine="learned"))

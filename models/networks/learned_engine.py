@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import mask_to_box
-from ..masks import Scribble
+from ..masks import MaskResult, Scribble
 from ..propagation import box_runs, check_boxes, plan_chains
 from ..segmentation import enforce_strokes, valid_box
 from ..video import Video
@@ -241,3 +242,36 @@ def fuse(forward: dict[int, Crop], backward: dict[int, Crop], chains: list[tuple
         mine = out[f]
         out[f] = Crop(mine.matrix, weight * mine.soft + (1 - weight) * convert(crop.soft, crop.matrix, mine.matrix))
     return out
+
+
+class LearnedMaskEngine:
+    """The mask stage's entry point (same contract as `models.mask_engine.MaskEngine.run`) over one checkpoint."""
+
+    def __init__(self, segmenter: LearnedSegmenter, propagator: LearnedPropagator) -> None:
+        self.segmenter = segmenter
+        self.propagator = propagator
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scribble_window: int = 10) -> "LearnedMaskEngine":
+        propagator = LearnedPropagator.from_checkpoint(path, device, scribble_window=scribble_window)
+        return cls(propagator.segmenter, propagator)
+
+    def run(self, video: Video, boxes: np.ndarray, scribbles: Sequence[Scribble], previous: MaskResult | None = None,
+            approved: dict[int, np.ndarray] | None = None) -> MaskResult:
+        """User-approved masks are kept; frames with strokes are segmented (the approved or previous mask as the
+        prior) and become approved; everything is propagated from them through the box track."""
+        start = time.perf_counter()
+        boxes = check_boxes(boxes, video.num_frames)
+        done = {int(f): np.asarray(m, dtype=bool) for f, m in (approved or {}).items()}
+        by_frame: dict[int, list[Scribble]] = {}
+        for s in scribbles:
+            by_frame.setdefault(int(s.frame), []).append(s)
+        for f, strokes in sorted(by_frame.items()):
+            if not valid_box(boxes[f]):
+                raise ValueError(f"frame {f} has scribbles but no box: add a keyframe there")
+            prior = done.get(f)
+            if prior is None and previous is not None:
+                prior = previous.masks.get(f)
+            done[f] = self.segmenter.segment(video.frame(f), boxes[f], strokes, prior)
+        masks = self.propagator.propagate(video, boxes, done, scribbles)
+        return MaskResult(masks=masks, approved=done, seconds=time.perf_counter() - start)
