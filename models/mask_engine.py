@@ -30,16 +30,17 @@ class MaskEngine:
     """Segmenter + scribble carrier + propagator, wired together (see the module docstring)."""
 
     def __init__(self, segmenter: GrabCutSegmenter, propagator: FlowPropagator, carrier: ScribbleCarrier,
-                 box_anchor_every: int = 25) -> None:
+                 box_anchor_every: int = 25, correction_reach: int = 5) -> None:
         if box_anchor_every < 1:
             raise ValueError(f"box_anchor_every must be >= 1 frame, got {box_anchor_every}")
         self.segmenter = segmenter
         self.propagator = propagator
         self.carrier = carrier
         self.box_anchor_every = box_anchor_every
+        self.correction_reach = correction_reach
 
     @classmethod
-    def from_settings(cls, masks) -> "MaskEngine":
+    def from_settings(cls, masks) -> MaskEngine:
         """The engine named by `settings.masks` (a MaskSettings)."""
         if masks.engine == "learned":
             if not masks.checkpoint:
@@ -90,13 +91,14 @@ class MaskEngine:
 
     def _box_seeds(self, pairs, boxes: np.ndarray, approved: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Frames spread every ~`box_anchor_every` frames along each run, segmented from their box alone, so no frame
-        is far from a start frame; those near an approved frame are left out (it knows better)."""
+        is far from a start frame. Only those within `correction_reach` frames of an approved frame are left out (the
+        correction must show there); farther ones stay, trusted less in the fusion: one mediocre correction must not
+        overwrite twenty frames the box alone got right."""
         seeds = {}
-        near = self.box_anchor_every / 2
         for start, stop in box_runs(boxes):
             count = max(1, int(np.ceil((stop - start) / self.box_anchor_every)))
             for f in np.unique(np.linspace(start, stop - 1, count + 1 if count > 1 else 1).round().astype(int)):
-                if all(abs(int(f) - a) >= near for a in approved):
+                if all(abs(int(f) - a) > self.correction_reach for a in approved):
                     seeds[int(f)] = self.segmenter.segment(pairs.frame(int(f)), boxes[f], [])
         return seeds
 

@@ -1,30 +1,39 @@
-"""Mask propagation through a box track: from every approved frame forward and backward, fused in between.
+"""Mask propagation through a box track: from every start frame forward and backward, fused in between.
 
 One step carries frame s's mask to its neighbour d: both frames are cropped in a shared window (`FramePairs`),
-the mask is warped by the DIS flow d -> s, and GrabCut re-cuts a narrow band around the warped boundary (the deep
-inside stays foreground, the far outside background, the outside of d's grown box too), so errors of the flow are
-corrected by d's own colours and edges instead of accumulating. Strokes carried from the user's frames relabel
-the band: hard near their frame, probable farther away.
+the mask is warped by the DIS flow d -> s, and GrabCut re-cuts a narrow band (~2 working pixels) around the warped
+boundary: the flow is usually right to a pixel or two, and GrabCut snaps the boundary to d's edges so the error
+does not accumulate. Outside d's grown box is background. Strokes carried from the user's frames free the labels
+around them (as the correction did on the user's frame) and mark their pixels: hard near their frame, probable
+farther away. Colour models travel along the chain and are re-fitted on each frame (no k-means per frame).
 
 Two sweeps walk the video (one forward, one backward) in two threads; OpenCV releases the GIL, so both CPU cores
-work. Between two approved frames a and b, frame t gets both sweeps' soft masks averaged with weights
-(b - t) / (b - a) and (t - a) / (b - a), then thresholded: the nearer approved frame counts more.
+work. Between two start frames a and b, frame t averages both sweeps' soft masks with weights proportional to
+trust / distance (approved frames trust 1, frames segmented from their box alone `weak_weight`), then thresholds.
 """
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from .masks import Scribble
 from .scribble_propagation import Carried, FramePairs, ScribbleCarrier, locked_frames
-from .segmentation import (GrabCutSegmenter, Models, Window, colour_models, correction_zone, grabcut, keep_components,
-                           stroke_map, valid_box)
+from .segmentation import (
+    GrabCutSegmenter,
+    Models,
+    Window,
+    colour_models,
+    correction_zone,
+    grabcut,
+    keep_components,
+    stroke_map,
+    valid_box,
+)
 from .video import Video
 
 log = logging.getLogger(__name__)
@@ -55,12 +64,10 @@ class FlowPropagator:
     def __init__(self, work_size: int = 256, margin: float = 0.2, scribble_window: int = 10, band: float = 0.008,
                  refine_size: int = 256, iterations: int = 1, clamp: float = 0.15, hard_distance: int = 3,
                  keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, workers: int = 2,
-                 carry_models: bool = True, weak_weight: float = 0.5,
-                 cue_local: float = 0.04, cue_reach: float = 1.5) -> None:
-        self.cue_local = cue_local
-        self.cue_reach = cue_reach
-        self.weak_weight = weak_weight
-        self.carry_models = carry_models
+                 carry_models: bool = True, weak_weight: float = 0.5, cue_local: float = 0.04,
+                 cue_reach: float = 1.5) -> None:
+        if not 0 < weak_weight <= 1:
+            raise ValueError(f"weak_weight must be in (0, 1], got {weak_weight}")
         self.work_size = work_size
         self.margin = margin
         self.band = band
@@ -71,6 +78,10 @@ class FlowPropagator:
         self.keep_fraction = keep_fraction
         self.preset = preset
         self.workers = workers
+        self.carry_models = carry_models
+        self.weak_weight = weak_weight
+        self.cue_local = cue_local
+        self.cue_reach = cue_reach
         self.carrier = ScribbleCarrier(scribble_window)
         self.segmenter = GrabCutSegmenter(work_size, margin)
 
@@ -108,6 +119,10 @@ class FlowPropagator:
             results = [job.result() for job in jobs]
         fused = fuse(results[0], results[1], chains, trust)
         masks = {f: state.window.paste(state.soft, shape) for f, state in fused.items()}
+        lost = [f for f, m in masks.items() if not m.any()]
+        if lost:  # every sweep that reached these frames lost the object, yet the box says it is there
+            log.debug("object lost by propagation on %d frames; segmenting them from their box", len(lost))
+            masks.update({f: self.segmenter.segment(pairs.frame(f), boxes[f], []) for f in lost})
         masks.update(seeds)
         return masks
 
@@ -157,7 +172,7 @@ class FlowPropagator:
         core = (prior > 0.5) & inside
         if np.count_nonzero(core) < 4:
             return None
-        r = max(int(round(self.band * max(h, w))), 1)
+        r = max(round(self.band * max(h, w)), 1)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
         labels = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
         labels[core] = cv2.GC_PR_FGD
@@ -181,7 +196,7 @@ class FlowPropagator:
         roi_image, roi_labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
         scale = min(1.0, self.refine_size / max(h, w))
         if scale < 1.0:
-            size = (max(int(round((x1 - x0) * scale)), 1), max(int(round((y1 - y0) * scale)), 1))
+            size = (max(round((x1 - x0) * scale), 1), max(round((y1 - y0) * scale), 1))
             roi_image = cv2.resize(roi_image, size, interpolation=cv2.INTER_AREA)
             roi_labels = cv2.resize(roi_labels, size, interpolation=cv2.INTER_NEAREST)
         fg, models = grabcut(roi_image, roi_labels, self.iterations, models)

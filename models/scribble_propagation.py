@@ -10,6 +10,7 @@ distance from the user's frame so consumers can weigh them.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
@@ -53,7 +54,7 @@ class FramePairs:
     """
 
     def __init__(self, video: Video, boxes: np.ndarray, work_size: int = 256, margin: float = 0.2,
-                 preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, max_flows: int = 160,
+                 preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, max_flows: int = 48,
                  lock: threading.Lock | None = None) -> None:
         self.video = video
         self.boxes = np.asarray(boxes, dtype=np.float64)
@@ -122,7 +123,7 @@ def resample(points: np.ndarray, step: float) -> np.ndarray:
     """Points every `step` pixels along a polyline (its vertices kept), so a stroke can be cut where points drop."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     out = [pts[:1]]
-    for a, b in zip(pts[:-1], pts[1:]):
+    for a, b in itertools.pairwise(pts):
         n = int(np.ceil(np.hypot(*(b - a)) / step))
         if n:
             out.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))

@@ -70,7 +70,7 @@ class Window:
         x1, y1 = (int(np.clip(np.ceil(v + 0.5), 0, n)) for v, n in zip(a[1], (self.w, self.h)))
         return x0, y0, x1, y1
 
-    def convert(self, soft: np.ndarray, other: "Window") -> np.ndarray:
+    def convert(self, soft: np.ndarray, other: Window) -> np.ndarray:
         """A soft mask of this window resampled into `other` (zero where this window does not reach)."""
         ax, ay = self.sx / other.sx, self.sy / other.sy
         bx = (other.x0 - self.x0 + 0.5 / other.sx) * self.sx - 0.5
@@ -103,7 +103,7 @@ def window_for(boxes: Sequence[np.ndarray], width: int, height: int, work_size: 
     x1 = int(np.clip(np.ceil(r[:, 2].max()), x0 + 1, width))
     y1 = int(np.clip(np.ceil(r[:, 3].max()), y0 + 1, height))
     scale = work_size / max(x1 - x0, y1 - y0)
-    return Window(x0, y0, x1, y1, max(int(round((x1 - x0) * scale)), 1), max(int(round((y1 - y0) * scale)), 1))
+    return Window(x0, y0, x1, y1, max(round((x1 - x0) * scale), 1), max(round((y1 - y0) * scale), 1))
 
 
 def draw_stroke(canvas: np.ndarray, points: np.ndarray, radius: float, value: int) -> None:
@@ -111,10 +111,10 @@ def draw_stroke(canvas: np.ndarray, points: np.ndarray, radius: float, value: in
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return
-    thickness = max(int(round(2 * radius)) + 1, 1)
+    thickness = max(round(2 * radius) + 1, 1)
     ipts = np.round(pts).astype(np.int32)
     if len(ipts) == 1 or np.all(ipts == ipts[0]):
-        cv2.circle(canvas, tuple(int(v) for v in ipts[0]), max(int(round(radius)), 0), value, -1)
+        cv2.circle(canvas, tuple(int(v) for v in ipts[0]), max(round(radius), 0), value, -1)
     else:
         cv2.polylines(canvas, [ipts.reshape(-1, 1, 2)], False, value, thickness, lineType=cv2.LINE_8)
 
@@ -217,7 +217,7 @@ def correction_zone(inside: np.ndarray, scribbles: Sequence[Scribble], window: W
         stroke = stroke_map([s], window) != 0
         if not stroke.any():
             continue
-        depth = float((depth_out if s.positive else depth_in)[stroke].max())
+        depth = min(float((depth_out if s.positive else depth_in)[stroke].max()), size)  # no boundary: "infinite"
         free |= cv2.distanceTransform((~stroke).astype(np.uint8), cv2.DIST_L2, 3) <= max(local * size, reach * depth)
     return free
 
@@ -234,18 +234,16 @@ class GrabCutSegmenter:
     """Box (+ prior mask) + strokes -> mask with GrabCut in a crop around the box.
 
     Without a prior, the box (grown by `box_slack`, since tracked boxes are loose) is probable foreground and the
-    rest of the crop background; with a prior, the prior's foreground is probable foreground and its background
-    probable background. User strokes are hard labels; `soft` strokes (carried from neighbouring frames) only
-    relabel pixels as probable foreground/background, which steers the colour models but can be overruled.
+    rest of the crop background. With a prior (the current mask) and strokes, the strokes correct the prior
+    locally: around each stroke the prior is only probable foreground/background, elsewhere it is kept up to a
+    narrow band, so fixing one region does not disturb the rest. User strokes are hard labels; `soft` strokes
+    (carried from neighbouring frames) only relabel pixels as probable foreground/background, which steers the
+    colour models but can be overruled.
     """
 
     def __init__(self, work_size: int = 256, margin: float = 0.2, iterations: int = 2, box_slack: float = 0.05,
-                 keep_fraction: float = 0.1, local: float = 0.08, band: float = 0.008, reach: float = 1.5,
+                 keep_fraction: float = 0.1, local: float = 0.08, reach: float = 1.5, band: float = 0.008,
                  min_fill: float = 0.05) -> None:
-        self.reach = reach
-        self.min_fill = min_fill
-        self.local = local
-        self.band = band
         if work_size < 32:
             raise ValueError(f"work_size must be >= 32 pixels, got {work_size}")
         if iterations < 1:
@@ -255,9 +253,15 @@ class GrabCutSegmenter:
         self.iterations = iterations
         self.box_slack = box_slack
         self.keep_fraction = keep_fraction
+        self.local = local  # a correction frees at least this fraction of the crop around each stroke ...
+        self.reach = reach  # ... or this many times the stroke's depth inside the region it corrects
+        self.band = band  # elsewhere the prior may move by this fraction of the crop
+        self.min_fill = min_fill  # a box-only result under this fraction of the box is a failure
 
     def segment(self, frame: np.ndarray, box: np.ndarray, scribbles: Sequence[Scribble],
                 prior: np.ndarray | None = None, soft: Sequence[Scribble] = ()) -> np.ndarray:
+        """Bool mask (H, W) of the object in `box`; `scribbles` are the user's strokes on this frame (hard),
+        `prior` the current mask if any, `soft` strokes carried here from neighbouring frames."""
         height, width = frame.shape[:2]
         box = np.asarray(box, dtype=np.float64).reshape(4)
         if not valid_box(box):
@@ -273,7 +277,7 @@ class GrabCutSegmenter:
             log.debug("GrabCut skipped: too few foreground or background pixels in the crop")
             fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
         x0, y0, x1, y1 = window.box_rect(box)
-        if np.count_nonzero(fg) < self.min_fill * (x1 - x0) * (y1 - y0):
+        if prior is None and not scribbles and np.count_nonzero(fg) < self.min_fill * (x1 - x0) * (y1 - y0):
             fg = self._fallback(image, labels, (x0, y0, x1, y1))
         soft_fg = cv2.GaussianBlur(fg.astype(np.float32), (3, 3), 0)
         return enforce_strokes(window.paste(soft_fg, (height, width)), scribbles, self.keep_fraction)
@@ -292,13 +296,13 @@ class GrabCutSegmenter:
         if fg is not None and np.count_nonzero(fg) >= self.min_fill * (x1 - x0) * (y1 - y0):
             return fg
         log.debug("GrabCut found no object in the box; using the inscribed ellipse")
-        return (centre > 0) & (labels != cv2.GC_BGD) | (labels == cv2.GC_FGD)
+        return ((centre > 0) & (labels != cv2.GC_BGD)) | (labels == cv2.GC_FGD)
 
     def _keep_prior(self, labels: np.ndarray, inside: np.ndarray, scribbles: Sequence[Scribble],
                     window: Window) -> None:
         """A correction changes the mask near its strokes only; elsewhere the prior is kept up to a narrow band."""
         free = correction_zone(inside, scribbles, window, self.local, self.reach)
-        keep_outside_zone(labels, inside, free, max(int(round(self.band * max(labels.shape))), 1))
+        keep_outside_zone(labels, inside, free, max(round(self.band * max(labels.shape)), 1))
 
     def labels(self, window: Window, box: np.ndarray, scribbles: Sequence[Scribble], prior: np.ndarray | None,
                soft: Sequence[Scribble]) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Mask propagation along a box track (flow warp + narrow-band GrabCut, fusion of both directions) and the carrying
+of correction strokes to neighbouring frames, on synthetic videos whose object motion is known exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scribblebox.models.masks import Scribble
+from scribblebox.models.propagation import (
+    FlowPropagator,
+    State,
+    box_runs,
+    fuse,
+    plan_chains,
+)
+from scribblebox.models.scribble_propagation import (
+    FramePairs,
+    ScribbleCarrier,
+    resample,
+    split_runs,
+)
+from scribblebox.models.segmentation import window_for
+from scribblebox.models.synthetic import moving_box_scene
+from scribblebox.models.video import ArrayVideo
+
+SIZE = (320, 240)
+VELOCITY = (3.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return moving_box_scene(22, SIZE, start=(40, 60, 80, 60), velocity=VELOCITY, seed=1)
+
+
+@pytest.fixture(scope="module")
+def video(scene):
+    return ArrayVideo(np.stack(list(scene.frames())))
+
+
+def part_mask(box: np.ndarray, right: float = 1.0) -> np.ndarray:
+    """The object's pixels, or its left `right` fraction (a shape only a correct flow carries along)."""
+    x, y, w, h = box
+    mask = np.zeros((SIZE[1], SIZE[0]), dtype=bool)
+    mask[round(y):round(y + h), round(x):round(x + w * right)] = True
+    return mask
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
+
+
+def test_a_mask_follows_the_moving_object(scene, video) -> None:
+    half = [part_mask(b, 0.5) for b in scene.boxes]
+    masks = FlowPropagator().propagate(video, scene.boxes, {0: half[0]}, [])
+    assert sorted(masks) == list(range(video.num_frames))
+    assert all(masks[f].shape == (SIZE[1], SIZE[0]) and masks[f].dtype == bool for f in masks)
+    assert min(iou(masks[f], half[f]) for f in range(1, 22)) > 0.7
+    # backwards too: from the last frame to the first
+    back = FlowPropagator().propagate(video, scene.boxes, {21: half[21]}, [])
+    assert min(iou(back[f], half[f]) for f in range(21)) > 0.7
+
+
+def test_two_approved_frames_are_fused_by_distance(scene, video) -> None:
+    """Frame 0 approves the whole object, frame 20 only its left half: frames follow the nearer approved frame."""
+    full, half = part_mask(scene.boxes[0]), part_mask(scene.boxes[20], 0.5)
+    masks = FlowPropagator().propagate(video, scene.boxes, {0: full, 20: half}, [])
+    assert np.array_equal(masks[0], full) and np.array_equal(masks[20], half)  # approved frames are kept as given
+    # where the two disagree, the nearer approved frame wins (soft masks averaged by distance, then thresholded)
+    assert min(iou(masks[f], part_mask(scene.boxes[f])) for f in range(1, 10)) > 0.8
+    assert min(iou(masks[f], part_mask(scene.boxes[f], 0.5)) for f in range(11, 20)) > 0.8
+
+
+def test_fuse_weights_by_distance_and_trust_and_ignores_lost_sweeps() -> None:
+    window = window_for([np.array([0, 0, 10, 10])], 20, 20, 16, 0.0)
+    left, right = np.zeros((window.h, window.w), np.float32), np.zeros((window.h, window.w), np.float32)
+    left[:, : window.w // 2 + 2] = 1
+    right[:, window.w // 2 - 2:] = 1
+    chains = [(0, 1, 9), (10, -1, 1)]
+    forward = {f: State(window, left) for f in range(1, 10)}
+    backward = {f: State(window, right) for f in range(1, 10)}
+    out = fuse(forward, backward, chains, {0: 1.0, 10: 1.0})
+    assert np.array_equal(out[2].soft > 0.5, left > 0.5) and np.array_equal(out[8].soft > 0.5, right > 0.5)
+    distrust_right = fuse(forward, backward, chains, {0: 1.0, 10: 0.2})
+    assert np.array_equal(distrust_right[7].soft > 0.5, left > 0.5)
+    lost = {f: State(window, np.zeros_like(right)) for f in range(1, 10)}
+    assert np.array_equal(fuse(forward, lost, chains, {0: 1.0, 10: 1.0})[8].soft, left)
+
+
+def test_masks_never_cross_frames_without_a_box(scene, video) -> None:
+    boxes = scene.boxes.copy()
+    boxes[8:11] = np.nan  # the object is absent (occluded) for three frames
+    assert box_runs(boxes) == [(0, 8), (11, 22)]
+    masks = FlowPropagator().propagate(video, boxes, {0: part_mask(scene.boxes[0])}, [])
+    assert not any(f in masks for f in (8, 9, 10))
+    # the run after the gap has no approved frame: it is seeded from its box alone
+    assert min(iou(masks[f], part_mask(scene.boxes[f])) for f in range(11, 22)) > 0.8
+
+
+def test_chains_stop_at_the_next_start_frame_and_at_gaps() -> None:
+    boxes = np.ones((12, 4))
+    boxes[6] = np.nan
+    chains = plan_chains(boxes, [2, 4, 9])
+    # frame 3 lies between two start frames: both reach it (and get fused); nothing crosses the gap at 6
+    assert sorted(chains) == [(2, -1, 0), (2, 1, 3), (4, -1, 3), (4, 1, 5), (9, -1, 7), (9, 1, 11)]
+
+
+def test_a_carried_stroke_moves_with_the_object(scene, video) -> None:
+    x, y, _w, _h = scene.boxes[5]
+    stroke = Scribble(5, np.array([[x + 15, y + 20], [x + 60, y + 35]]), False, 3.0)
+    pairs = FramePairs(video, scene.boxes, 256, 0.2)
+    carried = ScribbleCarrier(window=4).carry(pairs, [stroke])
+    assert sorted(carried) == [1, 2, 3, 4, 6, 7, 8, 9]
+    for frame, pieces in carried.items():
+        shift = (frame - 5) * np.array(VELOCITY)
+        points = np.concatenate([c.scribble.points for c in pieces])
+        expected = resample(stroke.points, 2.0) + shift
+        assert len(points) > 0.9 * len(expected)
+        assert np.abs(points - expected[: len(points)]).max() < 1.5
+        assert all(c.distance == abs(frame - 5) and not c.scribble.positive and c.scribble.frame == frame
+                   for c in pieces)
+
+
+def test_carrying_stops_at_frames_the_user_touched_and_drops_points_leaving_the_box(scene, video) -> None:
+    x, y, w, _h = scene.boxes[5]
+    inside = Scribble(5, np.array([[x + 20, y + 30], [x + 50, y + 30]]), True, 3.0)
+    other = Scribble(8, np.array([[x + 30, y + 30]]), True, 3.0)
+    pairs = FramePairs(video, scene.boxes, 256, 0.2)
+    carried = ScribbleCarrier(window=10).carry(pairs, [inside, other])
+    from_five = {f for f, pieces in carried.items() if any(c.distance == abs(f - 5) for c in pieces)}
+    assert 8 in from_five and 9 not in from_five  # it reaches the user's frame 8 as a cue, and no farther
+    # a stroke on the static background leaves the moving box within a few frames and is dropped
+    outside = Scribble(5, np.array([[x + w + 2, y + 10], [x + w + 2, y + 40]]), False, 3.0)
+    far = ScribbleCarrier(window=10).carry(pairs, [outside])
+    assert not any(f > 8 or f < 2 for f in far)
+
+
+def test_strokes_are_cut_where_points_were_dropped() -> None:
+    points = np.arange(10, dtype=float)[:, None].repeat(2, 1)
+    pieces = split_runs(points[[0, 1, 2, 6, 7]], np.array([0, 1, 2, 6, 7]))
+    assert [len(p) for p in pieces] == [3, 2]
+    dense = resample(np.array([[0.0, 0.0], [10.0, 0.0]]), 2.0)
+    assert len(dense) == 6 and np.allclose(dense[-1], [10, 0])
