@@ -253,23 +253,34 @@ def plan_chains(boxes: np.ndarray, anchors: list[int]) -> list[Chain]:
     return chains
 
 
+def forward_weights(chains: list[Chain], trust: dict[int, float]) -> dict[int, float]:
+    """For each frame reached from both sides, the forward sweep's share: 1 / distance to each start frame times
+    that start frame's trust, normalised (shared by the classical and the learned engines)."""
+    origin: dict[int, dict[int, int]] = {}
+    for anchor, direction, last in chains:
+        for f in range(anchor + direction, last + direction, direction):
+            origin.setdefault(f, {})[direction] = anchor
+    weights = {}
+    for f, sides in origin.items():
+        if 1 in sides and -1 in sides:
+            a, b = sides[1], sides[-1]
+            wa, wb = trust[a] / (f - a), trust[b] / (b - f)
+            weights[f] = wa / (wa + wb)
+    return weights
+
+
 def fuse(forward: dict[int, State], backward: dict[int, State], chains: list[Chain],
          trust: dict[int, float]) -> dict[int, State]:
     """One soft mask per frame: where both sweeps reached it, their average weighted by temporal proximity
     (1 / distance to each start frame) times the start frame's trust. A sweep that lost the object (empty mask)
     does not vote: the object is known to be in the box."""
-    origin = {}
-    for anchor, direction, last in chains:
-        for f in range(anchor + direction, last + direction, direction):
-            origin.setdefault(f, {})[direction] = anchor
+    weights = forward_weights(chains, trust)
     out = dict(forward)
     for f, state in backward.items():
         if f not in out:
             out[f] = state
             continue
-        a, b = origin[f][1], origin[f][-1]
-        wa, wb = trust[a] / (f - a), trust[b] / (b - f)
-        weight = wa / (wa + wb)
+        weight = weights[f]
         if not np.any(state.soft > 0.5):
             continue
         if not np.any(out[f].soft > 0.5):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..geometry import mask_to_box
 from ..masks import MaskResult, Scribble
-from ..propagation import box_runs, check_boxes, plan_chains
+from ..propagation import box_runs, check_boxes, forward_weights, plan_chains
 from ..segmentation import enforce_strokes, valid_box
 from ..video import Video
 from .checkpoint import load_checkpoint
@@ -227,18 +227,13 @@ def fuse(forward: dict[int, Crop], backward: dict[int, Crop], chains: list[tuple
          trust: dict[int, float]) -> dict[int, Crop]:
     """One soft mask per frame: where both walks reached it, their average weighted by 1 / distance to each start
     frame times that frame's trust (the same rule as the classical engine)."""
-    origin: dict[int, dict[int, int]] = {}
-    for anchor, direction, last in chains:
-        for f in range(anchor + direction, last + direction, direction):
-            origin.setdefault(f, {})[direction] = anchor
+    weights = forward_weights(chains, trust)
     out = dict(forward)
     for f, crop in backward.items():
         if f not in out:
             out[f] = crop
             continue
-        a, b = origin[f][1], origin[f][-1]
-        wa, wb = trust[a] / (f - a), trust[b] / (b - f)
-        weight = wa / (wa + wb)
+        weight = weights[f]
         mine = out[f]
         out[f] = Crop(mine.matrix, weight * mine.soft + (1 - weight) * convert(crop.soft, crop.matrix, mine.matrix))
     return out
