@@ -22,7 +22,7 @@ from .. import __version__
 from ..settings import MaskSettings, Settings, TrackingSettings, load_settings
 from .auth import register_basic_auth
 from .errors import BadRequest, register_error_handlers
-from .jobs import Job, JobQueue, JobWorker
+from .jobs import GiveUp, Handler, Job, JobQueue, JobWorker, Progress
 from .label_studio.masks import MaskPredictor
 from .label_studio.predict import Predictor, project_key
 from .media import MediaResolver
@@ -81,25 +81,41 @@ class Metrics:
 
 @dataclasses.dataclass
 class Backend:
+    """Everything one process serves with: the HTTP app and a job worker (thread or RQ process) share it."""
+
     settings: Settings
     predictor: Predictor
     metrics: Metrics
     background: ThreadPoolExecutor
     jobs: JobQueue
     worker: JobWorker
+    handlers: dict[str, Handler] = dataclasses.field(default_factory=dict)  # job kind -> handler(job, progress)
+
+    def enqueue(self, kind: str, project: str, key: str, payload: dict) -> int:
+        """Store a job before answering (so it survives a crash) and wake this process's worker; its generation."""
+        if kind not in self.handlers:
+            raise ValueError(f"no handler for job kind {kind!r}; known: {sorted(self.handlers)}")
+        generation = self.jobs.enqueue(project, key, payload, kind=kind)
+        logger.info("job %s %s/%s queued (generation %d)", kind, project, key, generation)
+        self.worker.start()
+        self.worker.wake()
+        return generation
+
+    def run_job(self, job: Job, progress: Progress) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            raise GiveUp(f"no handler for job kind {job.kind!r} in this version")
+        handler(job, progress)
 
     def enqueue_masks(self, payload: Mapping) -> None:
-        """Store the mask re-propagation job before answering (so it survives a crash) and wake this process's worker."""
+        """The webhook's mask re-propagation job (a payload without a task is logged and dropped)."""
         masks: MaskPredictor = self.predictor.masks
         try:
             project, task_id, job = masks.job_payload(payload)
         except (BadRequest, KeyError, TypeError) as err:
             logger.warning("webhook %s: no mask job (%s)", payload.get("action"), err)
             return
-        generation = self.jobs.enqueue(project, task_id, job)
-        logger.info("webhook %s: mask job for task %s queued (generation %d)", payload.get("action"), task_id, generation)
-        self.worker.start()
-        self.worker.wake()
+        self.enqueue("masks", project, task_id, job)
 
     def record_later(self, payload: Mapping) -> Future:
         """Webhooks must answer within LS's 1 s: fetching/decoding for the record happens on a background thread."""
@@ -124,15 +140,9 @@ def _json_body() -> dict:
     return body
 
 
-def create_app(settings: Settings | None = None, engine: Any = None, env: Mapping[str, str] | None = None,
-               opener: Callable[[Path], Any] | None = None, mask_engine: Any = None) -> Flask:
-    """App factory. engine/mask_engine/opener: injected stand-ins for tests; by default the per-process CurveVOT,
-    MaskEngine and open_video. A job worker thread starts now if jobs are pending, else with the first job."""
-    settings = settings or load_settings(env=dict(env) if env is not None else None)
-    env = os.environ if env is None else env
-    if not logging.getLogger().handlers:  # under gunicorn nothing configures the app's loggers: INFO to stderr
-        logging.basicConfig(level=env.get("SCRIBBLEBOX_LOG_LEVEL", "INFO").upper(),
-                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+def build_backend(settings: Settings, env: Mapping[str, str], engine: Any = None, opener: Callable[[Path], Any] | None = None,
+                  mask_engine: Any = None) -> Backend:
+    """The stores, predictors and job handlers of one process (the HTTP app or a job worker)."""
     data_dir = Path(settings.server.data_dir)
     predictor = Predictor(
         engine=(lambda: engine) if engine is not None else (lambda: get_engine(settings.tracking)),
@@ -145,12 +155,23 @@ def create_app(settings: Settings | None = None, engine: Any = None, env: Mappin
     predictor.masks = MaskPredictor(
         predictor, (lambda: mask_engine) if mask_engine is not None else (lambda: get_mask_engine(settings.masks)))
     jobs = JobQueue(data_dir / "state.sqlite3")
-
-    def run_job(job: Job) -> None:
-        predictor.masks.run_job(job.project, job.task_id, job.payload)
-
     backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"),
-                      jobs, JobWorker(jobs, run_job))
+                      jobs, JobWorker(jobs, lambda job, progress: backend.run_job(job, progress)))
+    backend.handlers["masks"] = lambda job, progress: predictor.masks.run_job(job.project, job.key, job.payload)
+    return backend
+
+
+def create_app(settings: Settings | None = None, engine: Any = None, env: Mapping[str, str] | None = None,
+               opener: Callable[[Path], Any] | None = None, mask_engine: Any = None) -> Flask:
+    """App factory. engine/mask_engine/opener: injected stand-ins for tests; by default the per-process CurveVOT,
+    MaskEngine and open_video. A job worker thread starts now if jobs are pending, else with the first job."""
+    settings = settings or load_settings(env=dict(env) if env is not None else None)
+    env = os.environ if env is None else env
+    if not logging.getLogger().handlers:  # under gunicorn nothing configures the app's loggers: INFO to stderr
+        logging.basicConfig(level=env.get("SCRIBBLEBOX_LOG_LEVEL", "INFO").upper(),
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    backend = build_backend(settings, env, engine=engine, opener=opener, mask_engine=mask_engine)
+    jobs = backend.jobs
     if jobs.seconds_to_next() is not None or jobs.counts().get("running"):
         backend.worker.start()  # jobs left by an earlier run (or a dead worker's claim, after its lease)
     app = Flask("scribblebox")
@@ -204,6 +225,11 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     @app.get("/metrics")
     def metrics_route():
         return jsonify({**metrics.snapshot(), "jobs": backend.jobs.counts()})
+
+    @app.get("/jobs")
+    def jobs_route():
+        """Background jobs, most recently updated first: kind, task, status, progress (0..1), message, last error."""
+        return jsonify({"jobs": backend.jobs.list(), "counts": backend.jobs.counts()})
 
     @app.get("/versions")
     def versions():

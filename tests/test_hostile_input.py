@@ -161,7 +161,7 @@ def test_webhook_never_crashes_nor_its_background_work(app, payload, caplog):
         pass
     assert not unexpected_errors(caplog)
     with backend.jobs._connect() as db:  # a job ends done, failed (GiveUp: bad input) or waits for Label Studio
-        errors = [row[0] for row in db.execute("SELECT last_error FROM jobs WHERE last_error IS NOT NULL")]
+        errors = [row[0] for row in db.execute("SELECT last_error FROM background_jobs WHERE last_error IS NOT NULL")]
     assert all(e.startswith(("GiveUp:", "RuntimeError: set LABEL_STUDIO_URL")) for e in errors), errors
 
 

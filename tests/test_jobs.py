@@ -134,7 +134,7 @@ def test_worker_retries_a_failing_job_and_survives(tmp_path, caplog):
     queue = JobQueue(tmp_path / "s.db", backoff_s=0.05, max_backoff_s=0.1)
     calls = []
 
-    def handler(job):
+    def handler(job, progress):
         calls.append(job.attempts)
         if len(calls) < 3:
             raise RuntimeError("Label Studio is down")
@@ -156,7 +156,7 @@ def test_worker_retries_a_failing_job_and_survives(tmp_path, caplog):
 def test_worker_records_give_up_and_goes_on(tmp_path):
     queue = JobQueue(tmp_path / "s.db")
 
-    def handler(job):
+    def handler(job, progress):
         if job.task_id == "bad":
             raise GiveUp("no box track labelled 'Person'")
 
@@ -169,7 +169,7 @@ def test_worker_records_give_up_and_goes_on(tmp_path):
 
 
 def test_worker_start_is_idempotent_and_stops(tmp_path):
-    worker = JobWorker(JobQueue(tmp_path / "s.db"), lambda job: None, poll_s=0.05)
+    worker = JobWorker(JobQueue(tmp_path / "s.db"), lambda job, progress: None, poll_s=0.05)
     before = set(threading.enumerate())
     worker.start()
     thread = worker._thread
@@ -177,3 +177,37 @@ def test_worker_start_is_idempotent_and_stops(tmp_path):
     assert worker._thread is thread and len(set(threading.enumerate()) - before) == 1
     worker.stop()
     assert not thread.is_alive()
+
+
+def test_kinds_are_separate_jobs_and_progress_is_listed(tmp_path):
+    clock = Clock()
+    queue = JobQueue(tmp_path / "s.db", clock=clock)
+    queue.enqueue("1", "7", {"m": 1})
+    queue.enqueue("1", "7", {"c": 1}, kind="complete")
+    assert queue.get("1", "7")["status"] == queue.get("1", "7", kind="complete")["status"] == "pending"
+    job = queue.claim()
+    clock.now += 1
+    queue.progress(job, 0.4, "frames 40/100")
+    row = queue.get("1", "7", kind=job.kind)
+    assert (row["progress"], row["message"], row["status"]) == (0.4, "frames 40/100", "running")
+    listed = queue.list()
+    assert [r["kind"] for r in listed][0] == job.kind and len(listed) == 2
+    assert all("payload" not in r and "claim" not in r for r in listed)
+    queue.finish(job)
+    assert queue.get("1", "7", kind=job.kind)["progress"] == 1.0
+
+
+def test_worker_reports_progress_and_logs_every_tenth(tmp_path, caplog):
+    queue = JobQueue(tmp_path / "s.db")
+    seen = []
+
+    def handler(job, progress):
+        for i in range(101):
+            progress(i / 100, f"frame {i}")
+        seen.append(queue.get(job.project, job.key, job.kind)["progress"])
+
+    queue.enqueue("1", "7", {}, kind="complete")
+    caplog.set_level("INFO")
+    assert JobWorker(queue, handler).run_once()
+    assert seen == [1.0]
+    assert sum("job complete 1/7:" in r.getMessage() for r in caplog.records) == 11
