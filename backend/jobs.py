@@ -8,7 +8,8 @@ Label Studio gives a webhook 1 s, re-propagating masks takes longer: the webhook
 answers; a worker claims it atomically (``BEGIN IMMEDIATE``, so two gunicorn workers never run one job twice),
 runs it, and marks it done. A failure is logged and retried with exponential backoff; the row stays until the job
 succeeds. A newer webhook for the same task replaces the payload (the newest annotation is what counts); if that
-happens while the job runs, the job runs again. A claim whose worker died is taken over after `lease_s`.
+happens while the job runs, the job runs again. A running job's worker renews its claim (heartbeat every
+`lease_s`/4); a claim not renewed for `lease_s` (its worker died) is taken over by another worker.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ class JobQueue(SQLiteFile):
 
     SCHEMA = SCHEMA
 
-    def __init__(self, path: str | Path, lease_s: float = 600.0, backoff_s: float = 2.0, max_backoff_s: float = 300.0,
+    def __init__(self, path: str | Path, lease_s: float = 60.0, backoff_s: float = 2.0, max_backoff_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.lease_s, self.backoff_s, self.max_backoff_s, self.clock = lease_s, backoff_s, max_backoff_s, clock
         super().__init__(path)
@@ -124,6 +125,12 @@ class JobQueue(SQLiteFile):
                        "progress=CASE WHEN generation=? THEN 1 ELSE 0 END, "
                        f"updated=? WHERE {WHERE} AND claim=?",
                        (job.generation, job.generation, now, job.generation, now, *_ids(job), job.claim))
+
+    def renew(self, job: Job) -> bool:
+        """Heartbeat of a running job: keeps other workers from taking it over; False once it was taken over."""
+        with self._write() as db:
+            cur = db.execute(f"UPDATE background_jobs SET claimed_at=? WHERE {WHERE} AND claim=?", (self.clock(), *_ids(job), job.claim))
+            return cur.rowcount == 1
 
     def progress(self, job: Job, fraction: float, message: str = "") -> None:
         """Record how far the running job is (shown by /jobs); ignored once its claim was taken over."""
@@ -225,6 +232,9 @@ class JobWorker:
         if job is None:
             return False
         start = time.perf_counter()
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, done), name=f"heartbeat-{os.getpid()}", daemon=True)
+        beat.start()
         try:
             self.handler(job, self.reporter(job))
         except GiveUp as err:
@@ -237,7 +247,18 @@ class JobWorker:
         else:
             self.queue.finish(job)
             logger.info("job %s done in %.1f s", job.name, time.perf_counter() - start)
+        finally:
+            done.set()
         return True
+
+    def _heartbeat(self, job: Job, done: threading.Event) -> None:
+        while not done.wait(self.queue.lease_s / 4):
+            try:
+                if not self.queue.renew(job):
+                    logger.warning("job %s: claim taken over by another worker", job.name)
+                    return
+            except Exception:  # a busy database: the next beat tries again
+                logger.warning("job %s: heartbeat failed", job.name, exc_info=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

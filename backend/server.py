@@ -154,7 +154,7 @@ def build_backend(settings: Settings, env: Mapping[str, str], engine: Any = None
     )
     predictor.masks = MaskPredictor(
         predictor, (lambda: mask_engine) if mask_engine is not None else (lambda: get_mask_engine(settings.masks)))
-    jobs = JobQueue(data_dir / "state.sqlite3")
+    jobs = JobQueue(data_dir / "state.sqlite3", lease_s=settings.server.job_lease_s)
     backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"),
                       jobs, JobWorker(jobs, lambda job, progress: backend.run_job(job, progress)))
     backend.handlers["masks"] = lambda job, progress: predictor.masks.run_job(job.project, job.key, job.payload)

@@ -38,6 +38,7 @@ class ServerSettings:
     max_download_mb: int = 2048
     max_request_mb: int = 64
     default_frame_rate: float = 24.0
+    job_lease_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ ENV_OVERRIDES = {
     "SCRIBBLEBOX_MASK_ENGINE": ("masks", "engine"),
     "SCRIBBLEBOX_MASK_CHECKPOINT": ("masks", "checkpoint"),
     "SCRIBBLEBOX_DEVICE": ("masks", "device"),
+    "SCRIBBLEBOX_JOB_LEASE_S": ("server", "job_lease_s"),
 }
 
 

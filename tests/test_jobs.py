@@ -211,3 +211,20 @@ def test_worker_reports_progress_and_logs_every_tenth(tmp_path, caplog):
     assert JobWorker(queue, handler).run_once()
     assert seen == [1.0]
     assert sum("job complete 1/7:" in r.getMessage() for r in caplog.records) == 11
+
+
+def test_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path):
+    queue = JobQueue(tmp_path / "s.db", lease_s=0.4)
+    other = JobQueue(tmp_path / "s.db", lease_s=0.4)
+    stolen = []
+
+    def handler(job, progress):
+        deadline = time.monotonic() + 1.5  # several leases long
+        while time.monotonic() < deadline:
+            stolen.append(other.claim())
+            time.sleep(0.1)
+
+    queue.enqueue("1", "7", {})
+    assert JobWorker(queue, handler).run_once()
+    assert stolen and not any(stolen), "a live job's claim was taken over"
+    assert queue.get("1", "7")["status"] == "done"
