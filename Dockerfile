@@ -29,7 +29,7 @@ COPY scribblebox ./scribblebox
 COPY models ./models
 COPY backend ./backend
 COPY config ./config
-RUN python -m pip install --no-cache-dir ".[learned]" \
+RUN python -m pip install --no-cache-dir ".[learned,redis]" \
  && cd / && rm -rf /tmp/scribblebox-src \
  && python -c "import cv2, av, torch, scribblebox.backend.server; from importlib import resources; \
 assert resources.files('scribblebox.config').joinpath('defaults.yaml').is_file(), 'config YAML missing'; \

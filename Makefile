@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 9090
 
-.PHONY: setup serve demo test ls-venv browser bench-track clean
+.PHONY: setup serve demo test ls-venv browser redis bench-track clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,10 @@ ls-venv:  ## Label Studio 1.23.2 in its own venv, for the end-to-end tests
 browser: setup  ## Debian's Chromium + Playwright, for the browser end-to-end test
 	bash scripts/install-browser.sh
 
-test: setup ls-venv browser
+redis:  ## Debian's redis-server, for the Redis/RQ tests
+	bash scripts/install-redis.sh
+
+test: setup ls-venv browser redis
 	$(PY) -m pytest -q
 
 bench-track: setup

@@ -21,7 +21,7 @@ PACKAGES = {
 setup(
     name="scribblebox",
     version="0.1.0",
-    description="Video object annotation backend for Label Studio and CVAT: Curve-VOT box tracks",
+    description="Video object annotation backend for Label Studio and CVAT: Curve-VOT box tracks and propagated masks",
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
@@ -35,7 +35,8 @@ setup(
         "pyyaml>=6",
         "requests>=2.31",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "redis>=5", "rq>=3.0"],
+                    "redis": ["redis>=5", "rq>=3.0"],
                     "cvat": ["cvat-sdk[masks]==2.80.0", "cvat-cli==2.80.0", "nuclio-sdk==0.6.3"],
                     "learned": ["torch>=2.1"]},
     entry_points={"console_scripts": ["scribblebox=scribblebox.cli:main"]},

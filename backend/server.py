@@ -23,7 +23,9 @@ from ..settings import MaskSettings, Settings, TrackingSettings, load_settings
 from .auth import register_basic_auth
 from .errors import BadRequest, register_error_handlers
 from .jobs import GiveUp, Handler, Job, JobQueue, JobWorker, Progress
+from .label_studio.fit import FitJob, TrainTrigger, train_payload
 from .label_studio.masks import MaskPredictor
+from .label_studio.models_registry import ModelRegistry
 from .label_studio.predict import Predictor, project_key
 from .media import MediaResolver
 from .state import TrackStore
@@ -90,6 +92,29 @@ class Backend:
     jobs: JobQueue
     worker: JobWorker
     handlers: dict[str, Handler] = dataclasses.field(default_factory=dict)  # job kind -> handler(job, progress)
+    registry: ModelRegistry | None = None  # per-project fine-tuned checkpoints
+    trigger: TrainTrigger | None = None  # training.fit_every_annotations
+
+    def enqueue_training(self, body: Mapping) -> str | None:
+        """START_TRAINING (or the every-N trigger): one train job per project (key = project id)."""
+        try:
+            project, payload = train_payload(body)
+        except BadRequest as err:
+            logger.warning("webhook %s: no training job (%s)", body.get("action"), err.message)
+            return None
+        self.enqueue("train", project, project, payload)
+        return project
+
+    def count_annotation(self, body: Mapping) -> None:
+        """Every N saved mask annotations of a project start a training job (0 = off)."""
+        if self.trigger is None or self.trigger.every <= 0:
+            return
+        try:
+            due = self.trigger.count(train_payload(body)[0])
+        except BadRequest:
+            return
+        if due:
+            self.enqueue_training(body)
 
     def enqueue(self, kind: str, project: str, key: str, payload: dict) -> int:
         """Store a job before answering (so it survives a crash) and wake this process's worker; its generation."""
@@ -142,22 +167,53 @@ def _json_body() -> dict:
 
 def build_backend(settings: Settings, env: Mapping[str, str], engine: Any = None, opener: Callable[[Path], Any] | None = None,
                   mask_engine: Any = None) -> Backend:
-    """The stores, predictors and job handlers of one process (the HTTP app or a job worker)."""
+    """The stores, predictors and job handlers of one process (the HTTP app or a job worker). With REDIS_URL: state and
+    job records in Redis, jobs run by RQ workers (`scribblebox worker`); else SQLite (WAL) and a worker thread."""
     data_dir = Path(settings.server.data_dir)
+    redis_url = env.get("REDIS_URL")
+    if redis_url:  # imported here: redis and rq are only needed in this mode
+        try:
+            from .redis_state import DEFAULT_PREFIX, RedisTrackStore
+            from .rq_jobs import NoThread, RQJobQueue
+        except ImportError as err:
+            raise RuntimeError(f"REDIS_URL is set but {err.name} is not installed: pip install 'scribblebox[redis]' "
+                               "(or unset REDIS_URL for the embedded SQLite mode)") from err
+        prefix = env.get("SCRIBBLEBOX_REDIS_PREFIX") or DEFAULT_PREFIX
+        store: Any = RedisTrackStore.from_url(redis_url, prefix)
+    else:
+        store = TrackStore(data_dir / "state.sqlite3")
     predictor = Predictor(
         engine=(lambda: engine) if engine is not None else (lambda: get_engine(settings.tracking)),
-        store=TrackStore(data_dir / "state.sqlite3"),
+        store=store,
         media=MediaResolver.from_env(data_dir, settings.server.max_download_mb, env),
         model_version=model_version(settings),
         default_fps=settings.server.default_frame_rate,
         opener=opener,
     )
-    predictor.masks = MaskPredictor(
-        predictor, (lambda: mask_engine) if mask_engine is not None else (lambda: get_mask_engine(settings.masks)))
-    jobs = JobQueue(data_dir / "state.sqlite3", lease_s=settings.server.job_lease_s)
+    registry = ModelRegistry(data_dir)
+
+    def masks_for(project: str | None = None) -> Any:
+        """The project's mask engine: its fine-tuned checkpoint when it has one, else the configured engine."""
+        if mask_engine is not None:
+            return mask_engine
+        return get_mask_engine(registry.mask_settings(project, settings.masks) if project else settings.masks)
+
+    predictor.masks = MaskPredictor(predictor, masks_for)
+    predictor.masks.registry = registry
+    if redis_url:
+        jobs: Any = RQJobQueue.from_url(redis_url, prefix, lease_s=settings.server.job_lease_s)
+        worker: Any = NoThread()
+    else:
+        jobs = JobQueue(data_dir / "state.sqlite3", lease_s=settings.server.job_lease_s)
+        worker = JobWorker(jobs, lambda job, progress: backend.run_job(job, progress))
     backend = Backend(settings, predictor, Metrics(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook"),
-                      jobs, JobWorker(jobs, lambda job, progress: backend.run_job(job, progress)))
-    backend.handlers["masks"] = lambda job, progress: predictor.masks.run_job(job.project, job.key, job.payload)
+                      jobs, worker)
+    backend.registry = registry
+    backend.trigger = TrainTrigger(registry, settings.training.fit_every_annotations)
+    backend.handlers["train"] = FitJob(predictor, settings, registry)
+    backend.handlers["masks"] = lambda job, progress: predictor.masks.run_job(job.project, job.key, job.payload, progress)
+    backend.handlers["complete"] = predictor.run_complete  # long videos: the rest after the windowed answer
+    predictor.configure_long_videos(settings.server, backend.enqueue)
     return backend
 
 
@@ -201,7 +257,7 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         schema = body.get("schema")
         if isinstance(schema, str) and schema.strip():
             predictor.store.put_label_config(project_key(body.get("project")), schema)
-        return jsonify({"model_version": predictor.model_version})
+        return jsonify({"model_version": backend.registry.model_version(project_key(body.get("project")), predictor.model_version)})
 
     @app.post("/predict")
     def predict():
@@ -216,10 +272,14 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         body = _json_body()
         action = body.get("action")
         metrics.add(webhooks=1)
+        if action == "START_TRAINING":
+            project = backend.enqueue_training(body)
+            return jsonify({"status": "ok", "action": action, "job": "train" if project else None, "project": project})
         if isinstance(action, str) and action in RECORDED_ACTIONS:  # any JSON may come: a list is unhashable
             backend.record_later(body)
             if MaskPredictor.is_mask_payload(body):
                 backend.enqueue_masks(body)
+                backend.count_annotation(body)
         return jsonify({"status": "ok", "action": action})
 
     @app.get("/metrics")

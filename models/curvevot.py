@@ -14,10 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from .geometry import clip_box
+from .progress import Meter, Progress
 from .segments import Context, SegmentResult, one_sided, two_sided
 from .track import Keyframe, TrackResult
 from .trackers import tracker_factory
 from .video import Video
+from .window import CountingVideo
 
 log = logging.getLogger(__name__)
 MAX_REVIEW = 20
@@ -39,22 +41,32 @@ class CurveVOT:
         return cls(tracker=tracking.tracker, tolerance=tracking.tolerance, work_size=tracking.work_size,
                    lost_frames=tracking.lost_frames, nano_backbone=tracking.nano_backbone, nano_head=tracking.nano_head)
 
-    def track(self, video: Video, anchors: Sequence[Keyframe], previous: TrackResult | None = None) -> TrackResult:
+    def track(self, video: Video, anchors: Sequence[Keyframe], previous: TrackResult | None = None,
+              progress: Progress | None = None) -> TrackResult:
         """Track through the whole video from the anchors (0-based frames, pixel boxes).
 
         Segments whose bounding anchors are unchanged since `previous` are reused, so a correction
         re-tracks only the two segments next to it. Raises ValueError for anchors outside the video/frame.
+        progress(fraction, message): called as frames are tracked (frames read / frames the new segments need).
         """
         n = video.num_frames
         anchors = validate_anchors(anchors, n, video.width, video.height)
-        ctx = Context(video, self.factory, self._scale(video), self.tolerance, self.lost_frames)
         cache = previous.segments if previous is not None and previous.num_frames == n else {}
+        plan = list(self._plan(anchors, n))
+        todo = [reads for key, _, reads in plan if key not in cache]
+        meter = Meter(progress, sum(todo), "tracking")
+        counted = CountingVideo(video, meter.add) if progress is not None else video
+        ctx = Context(counted, self.factory, self._scale(video), self.tolerance, self.lost_frames)
         segments: dict[str, dict] = {}
-        for key, run in self._plan(anchors, n):
+        done_reads = 0
+        for key, run, reads in plan:
             done = cache.get(key)
             if done is None:
                 done = run(ctx).to_dict()
+                done_reads += reads
+                meter.reach(done_reads, f"tracking: segment {len(segments) + 1}/{len(plan)} done")
             segments[key] = done
+        meter.done(f"tracked {n} frames ({len(todo)} of {len(plan)} segments tracked, the rest reused)")
         return self._assemble(n, anchors, segments)
 
     def _scale(self, video: Video) -> float:
@@ -66,17 +78,19 @@ class CurveVOT:
         return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
 
     def _plan(self, anchors: list[Keyframe], n: int):
-        """(cache key, job) for every segment the anchors define."""
+        """(cache key, job, frames it reads at most) for every segment the anchors define."""
         first, last = anchors[0], anchors[-1]
         if first.frame > 0:
-            yield self._key("head", first), lambda ctx: one_sided(ctx, first, -1)
+            yield self._key("head", first), lambda ctx: one_sided(ctx, first, -1), first.frame + 1
         for left, right in zip(anchors, anchors[1:]):
             if left.enabled:
-                yield self._key("between", left, right), lambda ctx, l=left, r=right: two_sided(ctx, l, r)
+                yield (self._key("between", left, right), lambda ctx, l=left, r=right: two_sided(ctx, l, r),
+                       2 * (right.frame - left.frame + 1) if right.frame - left.frame > 1 else 0)
             elif right.frame - left.frame > 1:
-                yield self._key("reappear", left, right), lambda ctx, l=left, r=right: one_sided(ctx, r, l.frame)
+                yield (self._key("reappear", left, right), lambda ctx, l=left, r=right: one_sided(ctx, r, l.frame),
+                       right.frame - left.frame)
         if last.enabled and last.frame < n - 1:
-            yield self._key("tail", last, Keyframe(n, (0, 0, 0, 0))), lambda ctx: one_sided(ctx, last, n)
+            yield self._key("tail", last, Keyframe(n, (0, 0, 0, 0))), lambda ctx: one_sided(ctx, last, n), n - last.frame
 
     def _assemble(self, n: int, anchors: list[Keyframe], segments: dict[str, dict]) -> TrackResult:
         boxes = np.full((n, 4), np.nan)

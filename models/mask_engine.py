@@ -16,10 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from .masks import MaskResult, Scribble
+from .progress import Meter, Progress
 from .propagation import FlowPropagator, box_runs, check_boxes
 from .scribble_propagation import ScribbleCarrier
 from .segmentation import GrabCutSegmenter, satisfies, valid_box
 from .video import Video
+from .window import CountingVideo
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,20 @@ class MaskEngine:
                    ScribbleCarrier(masks.scribble_window))
 
     def run(self, video: Video, boxes: np.ndarray, scribbles: Sequence[Scribble],
-            previous: MaskResult | None = None, approved: dict[int, np.ndarray] | None = None) -> MaskResult:
+            previous: MaskResult | None = None, approved: dict[int, np.ndarray] | None = None,
+            progress: Progress | None = None) -> MaskResult:
         """Masks (full-frame bool) for every frame with a box.
 
         approved: masks the user corrected by hand (a brush edit in Label Studio, a mask in CVAT); they are kept as
         they are, unless the same frame also has strokes, which then refine the user's mask (it is their prior).
         The result's `approved` holds those frames plus every frame that has strokes.
+        progress(fraction, message): called as frames are read (about twice per boxed frame: two sweeps).
         """
         t0 = time.perf_counter()
         boxes = check_boxes(boxes, video.num_frames)
         by_frame = self._check_scribbles(scribbles, boxes, video.num_frames)
+        meter = Meter(progress, expected_reads(boxes, len(by_frame), self.box_anchor_every), "masks")
+        video = CountingVideo(video, meter.add) if progress is not None else video
         pairs = self.propagator.pairs(video, boxes)
         carried = self.carrier.carry(pairs, scribbles)
         given = self._check_approved(approved or {}, video)
@@ -86,6 +92,7 @@ class MaskEngine:
         weak = self._box_seeds(pairs, boxes, approved)
         masks = self.propagator.propagate(video, boxes, approved, scribbles, carried=carried, pairs=pairs, weak=weak)
         seconds = time.perf_counter() - t0
+        meter.done(f"masks for {len(masks)} frames")
         log.debug("masks for %d frames (%d approved) in %.2f s", len(masks), len(approved), seconds)
         return MaskResult(masks=masks, approved=approved, seconds=seconds)
 
@@ -128,3 +135,9 @@ class MaskEngine:
                                  "frame it is scribbled on (add a keyframe there)")
             by_frame[s.frame].append(s)
         return dict(by_frame)
+
+
+def expected_reads(boxes: np.ndarray, stroke_frames: int, anchor_every: int) -> int:
+    """About how many frames a run reads: stroke and seed frames once, every boxed frame in both sweeps."""
+    boxed = int(np.count_nonzero(~np.isnan(boxes[:, 0])))
+    return 2 * boxed + stroke_frames + boxed // max(anchor_every, 1) + 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tracker", help="csrt | kcf | nano (overrides the config)")
     t.add_argument("--tolerance", type=float, help="IoU tolerance of the keyframe curve (default 0.9)")
     t.add_argument("--output", "-o", help="write the JSON here instead of stdout")
+    t.add_argument("--progress", action="store_true", help="progress bar on stderr (shown anyway when stderr is a terminal)")
 
     b = sub.add_parser("bench-track", help="box-track benchmark with a simulated annotator on a DAVIS-format folder")
     b.add_argument("root", help="folder of <seq>/frames/*.jpg and <seq>/masks/*.png")
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--last", type=int, help="last frame to write, inclusive (default: the task's last)")
     cp.add_argument("--negative-label", help="'points' of this label are negative clicks")
     cp.add_argument("--replace", action="store_true", help="delete earlier semi-auto masks of the label in the range")
+    wk = sub.add_parser("worker", help="run background jobs (masks, complete, train) from Redis: needs REDIS_URL and the 'redis' extra")
+    wk.add_argument("--queues", default="", help="job kinds to take, comma-separated, e.g. masks,complete or train (default: all)")
+    wk.add_argument("--burst", action="store_true", help="exit once no job of these kinds is pending or running")
     from .training.options import add_train_arguments  # no torch import
 
     add_train_arguments(sub.add_parser("train", help="train the learned mask networks, one stage per run (needs torch)"))
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as err:
                 raise RuntimeError(f"scribblebox train needs torch: pip install -e '.[learned]' torch==2.13.0 ({err})") from None
             return train_command(settings, args)
+        if args.command == "worker":
+            try:
+                from .backend.rq_jobs import run_worker
+            except ImportError as err:
+                raise RuntimeError(f"scribblebox worker needs redis and rq: pip install -e '.[redis]' ({err})") from None
+            return run_worker(settings, os.environ, [q for q in args.queues.split(",") if q] or None, burst=args.burst)
         if args.command == "eval":
             from .evaluation.masks import eval_command
 

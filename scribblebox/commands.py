@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from dataclasses import replace
+from typing import TextIO
 
 from .models.curvevot import CurveVOT
 from .models.track import Keyframe
@@ -24,8 +25,34 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
+class TextBar:
+    """A progress bar redrawn in place on one line of `stream` (stderr): ``[#######-----------]  35% tracking``.
+    Plain text, so it needs no dependency and reads fine in a log file too."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.last = ""
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        filled = int(round(fraction * self.width))
+        line = f"[{'#' * filled}{'-' * (self.width - filled)}] {round(fraction * 100):3d}% {message[:60]}"
+        if line == self.last:
+            return
+        self.stream.write("\r" + line.ljust(len(self.last)) + ("\n" if fraction >= 1.0 else ""))
+        self.stream.flush()
+        self.last = "" if fraction >= 1.0 else line
+
+
+def progress_bar(args: argparse.Namespace) -> TextBar | None:
+    """A bar on stderr when asked for (--progress) or when stderr is a terminal."""
+    wanted = getattr(args, "progress", False) or sys.stderr.isatty()
+    return TextBar(sys.stderr) if wanted else None
+
+
 def track_command(settings: Settings, args: argparse.Namespace) -> int:
-    """`scribblebox track VIDEO --box x,y,w,h [--frame N]`: keyframes and dense track as JSON."""
+    """`scribblebox track VIDEO --box x,y,w,h [--frame N] [--progress]`: keyframes and dense track as JSON."""
     tracking = settings.tracking
     if args.tracker:
         tracking = replace(tracking, tracker=args.tracker)
@@ -34,7 +61,7 @@ def track_command(settings: Settings, args: argparse.Namespace) -> int:
     engine = CurveVOT.from_settings(tracking)
     video = open_video(args.video)
     started = time.perf_counter()
-    result = engine.track(video, [Keyframe.of(args.frame, parse_box(args.box))])
+    result = engine.track(video, [Keyframe.of(args.frame, parse_box(args.box))], progress=progress_bar(args))
     seconds = time.perf_counter() - started
     out = {
         "video": str(args.video),

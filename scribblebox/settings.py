@@ -39,6 +39,24 @@ class ServerSettings:
     max_request_mb: int = 64
     default_frame_rate: float = 24.0
     job_lease_s: float = 60.0
+    predict_deadline_s: float = 40.0  # interactive answers on long videos: what is ready by then; the rest is a job
+    window_frames: int = 300  # longer videos: only this many frames around the edit are computed interactively
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """`fit`: fine-tuning the learned mask engine on a project's approved masks (Label Studio START_TRAINING)."""
+
+    base_checkpoint: str | None = None  # None: masks.checkpoint
+    fit_iters: int = 200
+    fit_batch: int = 4
+    fit_min_masks: int = 4
+    fit_max_masks: int = 400
+    fit_holdout: float = 0.2
+    fit_min_gain: float = 0.0
+    fit_lr_max: float = 0.001
+    fit_train_encoder: bool = False
+    fit_every_annotations: int = 0  # 0: off
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     masks: MaskSettings = field(default_factory=MaskSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
 
 
 # Environment variables that override single settings: name -> (section, key).
@@ -59,6 +78,7 @@ ENV_OVERRIDES = {
     "SCRIBBLEBOX_MASK_CHECKPOINT": ("masks", "checkpoint"),
     "SCRIBBLEBOX_DEVICE": ("masks", "device"),
     "SCRIBBLEBOX_JOB_LEASE_S": ("server", "job_lease_s"),
+    "SCRIBBLEBOX_PREDICT_DEADLINE_S": ("server", "predict_deadline_s"),
 }
 
 
@@ -98,4 +118,5 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
         tracking=_merge(TrackingSettings, raw["tracking"], "tracking"),
         masks=_merge(MaskSettings, raw["masks"], "masks"),
         server=_merge(ServerSettings, raw["server"], "server"),
+        training=_merge(TrainingSettings, raw["training"], "training"),
     )

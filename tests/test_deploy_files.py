@@ -99,7 +99,7 @@ def test_copy_sources_exist_and_are_not_dockerignored():
 
 def test_install_is_the_package_not_editable_and_cpu_torch_only_without_torch():
     runs = re.sub(r"\s+", " ", " ".join(instruction("RUN")))
-    assert 'pip install --no-cache-dir ".[learned]"' in runs
+    assert 'pip install --no-cache-dir ".[learned,redis]"' in runs
     assert " -e " not in runs and "--editable" not in runs
     assert 'python -c "import torch" 2>/dev/null || python -m pip install' in runs  # the CUDA image's torch is kept
     (arg,) = [a for a in instruction("ARG") if a.startswith("BASE_IMAGE=")]
@@ -132,7 +132,7 @@ def test_healthcheck_is_a_real_route(tmp_path):
 
 def test_compose_services_and_env_names():
     services = compose()["services"]
-    assert set(services) == {"label-studio", "scribblebox", "redis"}
+    assert set(services) == {"label-studio", "scribblebox", "worker", "redis"}
     ls_env = services["label-studio"]["environment"]
     assert services["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
     assert ls_env["ML_BLOCK_LOCAL_IP"] == "false" and ls_env["SSRF_PROTECTION_ENABLED"] == "false"
@@ -150,7 +150,13 @@ def test_compose_services_and_env_names():
     assert [v.split(":")[1] for v in backend["volumes"]] == ["/data"]
     devices = backend["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    assert not read_by_code("REDIS_URL") or "REDIS_URL" in env, "the backend reads REDIS_URL now: wire it in compose"
+    assert env["REDIS_URL"] == "redis://redis:6379/0" and read_by_code("REDIS_URL")
+    worker = services["worker"]
+    assert worker["command"] == ["scribblebox", "worker"] and worker["environment"] == env, "the worker shares the settings"
+    assert worker["volumes"] == backend["volumes"], "the worker shares /data (checkpoints, media cache)"
+    from scribblebox.cli import _parser
+
+    assert _parser().parse_args(worker["command"][1:]).command == "worker"
 
 
 def free_port() -> int:

@@ -49,7 +49,7 @@ class BoxEngine:
 
 
 class MaskEngine:
-    def run(self, video, boxes, scribbles, previous=None, approved=None):
+    def run(self, video, boxes, scribbles, previous=None, approved=None, progress=None):
         masks = {}
         for f in np.flatnonzero(~np.isnan(boxes[:, 0])):
             x, y, w, h = (int(round(v)) for v in boxes[f])

@@ -58,7 +58,7 @@ class MaskEngine:
     def __init__(self):
         self.calls = []
 
-    def run(self, video, boxes, scribbles, previous=None, approved=None):
+    def run(self, video, boxes, scribbles, previous=None, approved=None, progress=None):
         approved = dict(approved or {})
         self.calls.append({"boxes": boxes, "scribbles": list(scribbles), "previous": previous, "approved": approved})
         for s in scribbles:

@@ -159,7 +159,7 @@ def test_label_studio_down_when_a_job_posts_is_retried_with_backoff(tmp_path, mo
     port = blocker.getsockname()[1]
     item = {"model_version": "v", "score": 0.5, "result": [{"type": "brushlabels"}]}
     monkeypatch.setattr(MaskPredictor, "job_payload", staticmethod(lambda payload: ("1", "7", {"task": {"id": 7}})))
-    monkeypatch.setattr(MaskPredictor, "refit", lambda self, project, payload: (item, {}))
+    monkeypatch.setattr(MaskPredictor, "refit", lambda self, project, payload, progress=None: (item, {}))
     app = create_app(Settings(server=ServerSettings(data_dir=str(tmp_path / "var"))), engine=object(), mask_engine=object(),
                      env={"LABEL_STUDIO_URL": f"http://127.0.0.1:{port}", "LABEL_STUDIO_API_KEY": LEGACY})
     backend = app.extensions["scribblebox"]

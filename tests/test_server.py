@@ -338,7 +338,7 @@ def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
                     seen["health"] = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
                     seen["version"] = requests.get(f"http://127.0.0.1:{port}/versions", timeout=1).json()
                     break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):
                     time.sleep(0.1)
         finally:
             proc.terminate()

@@ -8,173 +8,35 @@ Page ``item_index`` k of the image list shows video frame ``k * frame_step`` (ta
 Interactive (`complete`): masks for every frame, returned as ``brushlabels``. Saved masks that differ from every
 answer we gave on that frame are the user's corrections: the engine gets them as approved masks.
 Webhook jobs (`run_job`): the same on a saved annotation, posted to Label Studio as a new prediction.
+Batch predict (`batch`): the saved objects that have clicks or brush masks. Long videos: a window around the
+clicked frames now, every frame in the task's `complete` job (see `long_video`).
 """
 from __future__ import annotations
 
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 import requests
 
 from ...models.masks import MaskResult, Scribble
+from ...models.progress import Progress, scaled
 from ...models.track import render_keyframes
 from ..errors import BadRequest
 from ..jobs import GiveUp
-from ..state import MaskState, RegionState, mask_digest
-from .brush import brush_result, decode_mask
+from ..state import MaskState, RegionState
+from .brush import brush_result
 from .config import LabelConfig
+from .long_video import LongWork
+from .mask_inputs import Click, FrameList, clicks_in, corrections, frame_list, newest_result, same_mask, saved_masks
 from .predict import OpenedVideo, Predictor, project_key, region_label
 from .regions import REGION_TYPE, region_keyframes
 
 logger = logging.getLogger(__name__)
 CLICK_RADIUS_PX = 4.0
-SAME_MASK_FRACTION = 0.005  # a saved mask within this share of its area (or SAME_MASK_MIN_PX) of our answer is ours
-SAME_MASK_MIN_PX = 16
 POST_TIMEOUT_S = (5, 60)
-
-
-@dataclass(frozen=True)
-class Click:
-    id: str
-    label: str
-    item: int
-    x: float  # percent of the image
-    y: float
-    positive: bool
-
-
-@dataclass(frozen=True)
-class FrameList:
-    """The task's frame images: page k shows video frame k * step."""
-
-    image: str  # the Image tag's name
-    brush: str  # the BrushLabels tag on it
-    count: int
-    step: int
-
-    def frame(self, item: int, num_frames: int) -> int:
-        if not 0 <= item < self.count:
-            raise BadRequest(f"item_index {item} is outside the task's {self.count} frame images", status=422)
-        frame = item * self.step
-        if frame >= num_frames:
-            raise BadRequest(f"frame image {item} (video frame {frame}) is beyond the video's {num_frames} frames: "
-                             "the frame list does not match the video (check 'frame_step')", status=422)
-        return frame
-
-    def items(self, num_frames: int) -> Iterable[tuple[int, int]]:
-        """(item, video frame) for every page that shows a frame of the video."""
-        for item in range(self.count):
-            if item * self.step < num_frames:
-                yield item, item * self.step
-
-
-def frame_list(config: LabelConfig, data: Mapping) -> FrameList:
-    """The image list that carries the masks, with its size and step from the task data."""
-    for image, key in config.image_lists.items():
-        brush = config.brush_for(image)
-        if brush is None:
-            continue
-        frames = data.get(key)
-        if not isinstance(frames, list) or not frames:
-            raise BadRequest(f"task data has no frame list under {key!r} (Image tag {image!r}); "
-                             "create the task with `scribblebox import-video`", detail={"keys": sorted(data)})
-        step = data.get("frame_step", 1)
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise BadRequest(f"task data 'frame_step' must be a positive integer, got {step!r}")
-        return FrameList(image, brush, len(frames), step)
-    raise BadRequest("labeling config has no <Image valueList> with <BrushLabels>: see config/label_studio/video_masks.xml")
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
-
-
-def clicks_in(result: Iterable, config: LabelConfig) -> list[Click]:
-    """Smart keypoints on a mask image list; ones without x/y are skipped, ones without a label refused."""
-    clicks = []
-    for n, region in enumerate(result or []):
-        if not isinstance(region, Mapping) or region.get("type") != "keypointlabels":
-            continue
-        to_name = region.get("to_name")
-        if to_name not in config.image_lists or config.brush_for(to_name) is None:
-            continue
-        value = region.get("value") if isinstance(region.get("value"), Mapping) else {}
-        x, y = _number(value.get("x")), _number(value.get("y"))
-        if x is None or y is None:
-            continue
-        label = region_label(region)
-        if label is None:
-            raise BadRequest("a click has no label: pick the object's label, then click", detail={"region": region.get("id")})
-        item = region.get("item_index", 0)
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise BadRequest(f"a click's item_index must be an integer, got {item!r}", detail={"region": region.get("id")})
-        clicks.append(Click(str(region.get("id") or f"click-{n}"), label, item, x, y, region.get("is_positive") is not False))
-    return clicks
-
-
-def saved_masks(result: Iterable, frames: FrameList, shape: tuple[int, int]) -> dict[str, dict[int, np.ndarray]]:
-    """label -> item -> mask of the saved ``brushlabels`` on the frame list (several regions of one label: union),
-    resized to the video's (height, width) when the images differ."""
-    out: dict[str, dict[int, np.ndarray]] = {}
-    for region in result or []:
-        if not isinstance(region, Mapping) or region.get("type") != "brushlabels" or region.get("to_name") != frames.image:
-            continue
-        value = region.get("value") if isinstance(region.get("value"), Mapping) else {}
-        label, item = region_label(region), region.get("item_index", 0)
-        if label is None or not isinstance(value.get("rle"), list) or not isinstance(item, int):
-            logger.warning("skipping brush region %s: no label, no rle or no item_index", region.get("id"))
-            continue
-        width, height = region.get("original_width"), region.get("original_height")
-        if not isinstance(width, int) or not isinstance(height, int):
-            width, height = shape[1], shape[0]
-        try:
-            mask = decode_mask(value["rle"], width, height)
-        except ValueError as err:
-            raise BadRequest(f"brush region {region.get('id')}: {err}", status=422) from None
-        if mask.shape != shape:
-            mask = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-        masks = out.setdefault(label, {})
-        masks[item] = masks[item] | mask if item in masks else mask
-    return out
-
-
-def newest_result(task: Mapping) -> list:
-    """Result of the most recently updated annotation or draft (what the annotator has now), else []."""
-    items = [i for key in ("annotations", "drafts") for i in (task.get(key) or [])
-             if isinstance(i, Mapping) and not i.get("was_cancelled")]
-    chosen = max(items, key=lambda i: str(i.get("updated_at") or i.get("created_at") or ""), default=None)
-    return list(chosen.get("result") or []) if chosen else []
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether saved mask `a` is our answer `b`, up to what re-rendering can do: differences on the 1-pixel band
-    around b's boundary are ignored, and a few more pixels (SAME_MASK_*) are allowed."""
-    if a.shape != b.shape:
-        return False
-    kernel = np.ones((3, 3), np.uint8)
-    b8 = b.astype(np.uint8)
-    band = cv2.dilate(b8, kernel).astype(bool) & ~cv2.erode(b8, kernel).astype(bool)
-    differ = int(np.count_nonzero((a ^ b) & ~band))
-    return differ <= max(SAME_MASK_MIN_PX, SAME_MASK_FRACTION * max(int(a.sum()), int(b.sum())))
-
-
-def corrections(saved: Mapping[int, np.ndarray], state: MaskState | None) -> dict[int, np.ndarray]:
-    """The saved frames (video frame -> mask) the user made or changed: not one of our answers on that frame.
-    A frame the user corrected earlier stays a correction while it is saved."""
-    out = {}
-    for frame, mask in saved.items():
-        ours = (state is not None and frame not in state.approved
-                and (mask_digest(mask) in state.seen.get(frame, [])
-                     or (frame in state.predicted and _same(mask, state.predicted[frame]))))
-        if not ours:
-            out[frame] = mask
-    return out
 
 
 def _keyframes(region: Mapping, opened: OpenedVideo) -> list:
@@ -199,7 +61,8 @@ class MaskPredictor:
 
     def __init__(self, boxes: Predictor, engine: Callable[[], Any], click_radius: float = CLICK_RADIUS_PX) -> None:
         self.boxes = boxes
-        self.engine = engine
+        self.engine = engine  # engine(project): the project's mask engine (its fine-tuned checkpoint, if any)
+        self.registry: Any = None  # a models_registry.ModelRegistry: per-project model versions
         self.click_radius = click_radius
 
     @property
@@ -212,33 +75,82 @@ class MaskPredictor:
                                         and config.brush_for(str(r.get("to_name"))) for r in result)
 
     # ---- interactive ------------------------------------------------------------------------------------------
-    def complete(self, project: str, task: Mapping, context: list, config: LabelConfig) -> dict:
+    def complete(self, project: str, task: Mapping, context: list, config: LabelConfig, work: LongWork | None = None) -> dict:
         """One prediction item: brush masks on every frame for each clicked object (+ its re-tracked box if edited)."""
         task = self.boxes.with_data(task, need_annotations=True)
+        labels = list(dict.fromkeys(c.label for c in clicks_in(context, config)))
+        return self.objects(project, task, context, labels, config, work)
+
+    def batch(self, project: str, task: Mapping, config: LabelConfig, regions: list[dict],
+              work: LongWork | None = None) -> dict | None:
+        """Batch predict: masks of the saved objects that have clicks or brush masks and a box track (`regions`: the
+        box tracks just answered for the task). None when there is no such object."""
+        saved = newest_result(task)
+        try:
+            frames = frame_list(config, task["data"])
+        except BadRequest as err:
+            logger.info("task %s: no masks in batch predict (%s)", task.get("id"), err.message)
+            return None
+        marked = [c.label for c in clicks_in(saved, config)] + [
+            region_label(r) for r in saved if isinstance(r, Mapping) and r.get("type") == "brushlabels"
+            and r.get("to_name") == frames.image]
+        boxed = {region_label(r) for r in regions} | {
+            s.label for s in self.store.list_task(project, str(task["id"])).values() if s.answered}
+        labels = [label for label in dict.fromkeys(marked) if label is not None and label in boxed]
+        if not labels:
+            return None
+        context = list(regions) + [r for r in saved if isinstance(r, Mapping) and r.get("type") == "keypointlabels"]
+        return self.objects(project, task, context, labels, config, work)
+
+    def objects(self, project: str, task: Mapping, context: list, labels: list[str], config: LabelConfig,
+                work: LongWork | None = None, progress: Progress | None = None) -> dict:
+        """Brush masks of every frame for `labels` (+ the context's edited box regions, re-tracked). On a long
+        video with `work`: the frames around the context's clicks now, every frame in the `complete` job."""
+        if not labels:
+            return {"model_version": self.model_version(project), "score": 0.0, "result": []}
         saved = newest_result(task)
         clicks = {c.id: c for c in clicks_in(saved, config)}
         clicks.update({c.id: c for c in clicks_in(context, config)})
-        labels = list(dict.fromkeys(c.label for c in clicks_in(context, config)))
-        if not labels:
-            return {"model_version": self.boxes.model_version, "score": 0.0, "result": []}
         frames = frame_list(config, task["data"])
         given = [r for r in context if isinstance(r, Mapping) and r.get("type") == REGION_TYPE]
         stored = [r for r in saved if isinstance(r, Mapping) and r.get("type") == REGION_TYPE]
         out, coverage = [], []
+        if work is not None:
+            work.bind(task)
         with self._open(config, task["data"], given + stored, labels) as opened:
             shape = (opened.video.height, opened.video.width)
             saved_by_label = saved_masks(saved, frames, shape)
-            for label in labels:
-                retracked, boxes = self._boxes(project, str(task["id"]), label, given, stored, opened)
+            long = work is not None and work.is_long(opened.video)
+            if long:
+                work.add_masks(context, labels)
+                for region in given:
+                    work.add_region(region)
+            for i, label in enumerate(labels):
+                retracked, boxes = self._boxes(project, str(task["id"]), label, given, stored, opened, work)
                 out += retracked
                 state = self._state(project, str(task["id"]), label, opened)
                 approved = corrections(self._by_frame(saved_by_label.get(label, {}), frames, opened), state)
                 scribbles = self._scribbles([c for c in clicks.values() if c.label == label], frames, opened)
-                masks = self._propagate(label, opened, boxes, scribbles, approved, state)
-                self.store.put_masks(project, str(task["id"]), label, self._next_state(opened, state, approved, masks))
+                if long:
+                    focus = [s.frame for s in self._scribbles([c for c in clicks_in(context, config) if c.label == label],
+                                                              frames, opened)] or sorted(approved) or _boxed(boxes)[:1]
+                    masks = self._window(project, work, label, opened, boxes, scribbles, approved, state, focus)
+                    if masks is None:
+                        continue  # missed the deadline: the job answers this object
+                else:
+                    masks = self._propagate(project, label, opened, boxes, scribbles, approved, state,
+                                            scaled(progress, i / len(labels), (i + 1) / len(labels)))
+                kept = {**state.predicted, **masks} if long and state is not None else masks
+                self.store.put_masks(project, str(task["id"]), label, self._next_state(opened, state, approved, kept))
                 out += self._results(label, masks, frames, opened)
-                coverage.append(self._coverage(masks, boxes))
-        return {"model_version": self.boxes.model_version, "score": round(float(np.mean(coverage)), 4), "result": out}
+                coverage.append(self._coverage(masks, boxes, masks if long else None))
+        score = round(float(np.mean(coverage)), 4) if coverage else 0.0
+        return {"model_version": self.model_version(project), "score": score, "result": out}
+
+    def model_version(self, project: str) -> str:
+        """The project's fine-tuned version when it has one (`fit`), else the backend's."""
+        base = self.boxes.model_version
+        return self.registry.model_version(project, base) if self.registry is not None else base
 
     # ---- webhook jobs -----------------------------------------------------------------------------------------
     @staticmethod
@@ -261,10 +173,10 @@ class MaskPredictor:
         return project_key(project), str(task_id), {"task": {"id": task_id, "data": data}, "label_config": xml,
                                                     "annotation": {"id": annotation.get("id"), "result": annotation["result"]}}
 
-    def run_job(self, project: str, task_id: str, payload: Mapping) -> dict | None:
+    def run_job(self, project: str, task_id: str, payload: Mapping, progress: Progress | None = None) -> dict | None:
         """Re-propagate the objects whose saved masks hold new corrections, post the prediction; returns it (or None)."""
         try:
-            item, states = self.refit(project, payload)
+            item, states = self.refit(project, payload, progress)
         except BadRequest as err:
             if err.status >= 500:
                 raise
@@ -277,7 +189,7 @@ class MaskPredictor:
             self.store.put_masks(project, task_id, label, state)
         return item
 
-    def refit(self, project: str, payload: Mapping) -> tuple[dict | None, dict[str, MaskState]]:
+    def refit(self, project: str, payload: Mapping, progress: Progress | None = None) -> tuple[dict | None, dict[str, MaskState]]:
         """The prediction for a saved annotation (None when no object has new corrections) and the states to store."""
         config = self.boxes.label_config(payload.get("label_config"), project)
         if not config.has_masks:
@@ -294,18 +206,19 @@ class MaskPredictor:
                 state = self._state(project, task_id, label, opened)
                 approved = corrections(self._by_frame(by_item, frames, opened), state)
                 if not approved or (state is not None and approved.keys() == state.approved.keys()
-                                    and all(_same(m, state.approved[f]) for f, m in approved.items())):
+                                    and all(same_mask(m, state.approved[f]) for f, m in approved.items())):
                     continue  # nothing the user changed since our last answer
                 _, boxes = self._boxes(project, task_id, label, [], stored, opened)
                 scribbles = self._scribbles([c for c in clicks if c.label == label], frames, opened)
-                masks = self._propagate(label, opened, boxes, scribbles, approved, state)
+                masks = self._propagate(project, label, opened, boxes, scribbles, approved, state, progress)
                 states[label] = self._next_state(opened, state, approved, masks)
                 new_results += self._results(label, masks, frames, opened)
                 coverage.append(self._coverage(masks, boxes))
         if not states:
             return None, {}
         kept = [r for r in result if not (isinstance(r, Mapping) and r.get("type") == "brushlabels" and region_label(r) in states)]
-        item = {"model_version": self.boxes.model_version, "score": round(float(np.mean(coverage)), 4), "result": kept + new_results}
+        item = {"model_version": self.model_version(project), "score": round(float(np.mean(coverage)), 4),
+                "result": kept + new_results}
         logger.info("task %s: re-propagated %s from corrections", task_id, sorted(states))
         return item, states
 
@@ -336,14 +249,14 @@ class MaskPredictor:
         return self.boxes.open_video(config, to_name, data, [r for r in regions if str(r.get("to_name") or "") == to_name])
 
     def _boxes(self, project: str, task_id: str, label: str, given: list[dict], stored: list[dict],
-               opened: OpenedVideo) -> tuple[list[dict], np.ndarray]:
+               opened: OpenedVideo, work: LongWork | None = None) -> tuple[list[dict], np.ndarray]:
         """The object's boxes per video frame: its region in the context (re-tracked when edited, returned then),
         else in the saved annotation, else our stored track of it."""
         n = opened.video.num_frames
         for region in given:
             if region_label(region) == label:
                 if self._edited(project, task_id, region, opened):
-                    region, _, _ = self.boxes.track_region(project, task_id, region, opened)
+                    region, _, _ = self.boxes.track_region(project, task_id, region, opened, work)
                     return [region], _render(region, opened)
                 return [], _render(region, opened)
         for region in stored:
@@ -376,16 +289,31 @@ class MaskPredictor:
         return [Scribble(frames.frame(c.item, opened.video.num_frames), np.array([[c.x * w / 100.0, c.y * h / 100.0]]),
                          c.positive, self.click_radius) for c in clicks]
 
-    def _propagate(self, label: str, opened: OpenedVideo, boxes: np.ndarray, scribbles: list[Scribble],
-                   approved: dict[int, np.ndarray], state: MaskState | None) -> dict[int, np.ndarray]:
+    def _propagate(self, project: str, label: str, opened: OpenedVideo, boxes: np.ndarray, scribbles: list[Scribble],
+                   approved: dict[int, np.ndarray], state: MaskState | None,
+                   progress: Progress | None = None) -> dict[int, np.ndarray]:
         previous = MaskResult(dict(state.predicted), dict(state.approved)) if state is not None else None
+        kwargs = {"progress": progress} if progress is not None else {}
         try:
-            result = self.engine().run(opened.video, boxes, scribbles, previous, approved=approved)
+            result = self.engine(project).run(opened.video, boxes, scribbles, previous, approved=approved, **kwargs)
         except ValueError as err:
             raise BadRequest(f"object {label!r}: {err}", status=422) from None
         logger.info("object %r: %d clicks, %d corrected frames -> %d masks in %.1f s", label, len(scribbles),
                     len(approved), len(result.masks), result.seconds)
         return {**result.masks, **approved}  # the user's corrections are answered back unchanged
+
+    def _window(self, project: str, work: LongWork, label: str, opened: OpenedVideo, boxes: np.ndarray, scribbles: list[Scribble],
+                approved: dict[int, np.ndarray], state: MaskState | None, focus: list[int]) -> dict[int, np.ndarray] | None:
+        """`_propagate` on the window around `focus` (None when it missed the deadline): its masks and corrections."""
+        previous = MaskResult(dict(state.predicted), dict(state.approved)) if state is not None else None
+        try:
+            result = work.masks_window(self.engine(project), opened.video, boxes, scribbles, previous, approved, focus, label)
+        except ValueError as err:
+            raise BadRequest(f"object {label!r}: {err}", status=422) from None
+        if result is None:
+            return None
+        inside = {f: m for f, m in approved.items() if f in result.masks or f in result.approved}
+        return {**result.masks, **inside}
 
     @staticmethod
     def _next_state(opened: OpenedVideo, state: MaskState | None, approved: dict[int, np.ndarray],
@@ -402,7 +330,14 @@ class MaskPredictor:
                 for item, frame in frames.items(opened.video.num_frames) if frame in masks and masks[frame].any()]
 
     @staticmethod
-    def _coverage(masks: Mapping[int, np.ndarray], boxes: np.ndarray) -> float:
-        """Share of the frames with a box that got a non-empty mask: the item's score."""
-        boxed = np.flatnonzero(~np.isnan(boxes[:, 0]))
+    def _coverage(masks: Mapping[int, np.ndarray], boxes: np.ndarray, within: Mapping | None = None) -> float:
+        """Share of the frames with a box (within the span of `within`'s frames, if given) that got a non-empty
+        mask: the item's score."""
+        boxed = _boxed(boxes)
+        if within:
+            boxed = [f for f in boxed if min(within) <= f <= max(within)]
         return float(np.mean([f in masks and bool(masks[f].any()) for f in boxed])) if len(boxed) else 0.0
+
+
+def _boxed(boxes: np.ndarray) -> list[int]:
+    return [int(f) for f in np.flatnonzero(~np.isnan(boxes[:, 0]))]

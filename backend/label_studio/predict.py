@@ -3,6 +3,7 @@
 Interactive (``params.context.result``): each region's new or moved keyframes become anchors; the answer replaces the
 region in the UI (same id). Batch (context null): every region of the task's latest annotation or draft is completed.
 Clicks on a frame image list (smart KeyPointLabels, mask configs) go to `masks.MaskPredictor` instead.
+Videos longer than `server.window_frames`: a window now, the rest as a background job (see `long_video`).
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ...models.track import TrackResult
+from ...models.progress import Progress
+from ...models.track import Keyframe, TrackResult
 from ..errors import BadRequest
+from ..jobs import Job
 from ..media import MediaResolver
 from ..state import RegionState, TrackStore, merge_anchors
 from .config import LabelConfig, VideoTag, parse_label_config
+from .long_video import Deadline, LongWork, complete_job, finish
 from .regions import REGION_TYPE, Timeline, keyframes_region, region_keyframes
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,18 @@ class Predictor:
         self.default_fps = default_fps
         self.opener = opener or _default_opener
         self.masks: Any = None  # a masks.MaskPredictor when the server serves mask configs
+        self.window_frames = 0  # 0: every video is answered whole (see configure_long_videos)
+        self.deadline_s = 40.0
+        self.enqueue: Callable[..., int] | None = None  # Backend.enqueue(kind, project, key, payload)
+
+    def configure_long_videos(self, server: Any, enqueue: Callable[..., int]) -> None:
+        """Windows on videos longer than `server.window_frames`, answered within `server.predict_deadline_s`;
+        the rest goes to `complete` jobs queued with `enqueue`."""
+        self.window_frames, self.deadline_s, self.enqueue = int(server.window_frames), float(server.predict_deadline_s), enqueue
+
+    def run_complete(self, job: Job, progress: Progress) -> None:
+        """Handler of the `complete` job kind."""
+        complete_job(self, job, progress)
 
     # ---- requests -------------------------------------------------------------------------------------------
     def predict(self, body: Mapping) -> dict:
@@ -90,12 +106,20 @@ class Predictor:
         if context is not None and not (isinstance(context, Mapping) and isinstance(context.get("result"), list)):
             raise BadRequest("'params.context' must be null or an object with a 'result' list", detail={"context": context})
         config = self.label_config(body.get("label_config"), project) if tasks else None
+        deadline = Deadline(self.deadline_s)  # one for the whole call: Label Studio times the call, not each task
+
+        def answer(compute: Callable[[LongWork], Any]) -> Any:
+            work = LongWork(project, body.get("label_config"), self.window_frames, deadline)
+            return finish(work, compute(work), self.enqueue, self.media.session is not None)
+
         if context is not None and self.masks is not None and config is not None and self.masks.wants(context["result"], config):
-            return {"results": [self.masks.complete(project, task, context["result"], config) for task in tasks]}
+            return {"results": [answer(lambda w, t=task: self.masks.complete(project, t, context["result"], config, w))
+                                for task in tasks]}
         if context is not None:
             regions = _video_regions(context["result"])
-            return {"results": [self._complete(project, task, regions, config) for task in tasks]}
-        return {"results": [self._batch_item(project, task, config, raise_errors=len(tasks) == 1) for task in tasks]}
+            return {"results": [answer(lambda w, t=task: self._complete(project, t, regions, config, w)) for task in tasks]}
+        return {"results": [answer(lambda w, t=task: self._batch_item(project, t, config, len(tasks) == 1, w))
+                            for task in tasks]}
 
     def record_annotation(self, payload: Mapping) -> int:
         """ANNOTATION_CREATED/UPDATED: the submitted keyframes become the user's anchors. Returns regions recorded."""
@@ -111,7 +135,7 @@ class Predictor:
         xml = project.get("label_config") if isinstance(project, Mapping) else None
         task = self.with_data(task)
         config = self.label_config(xml, key)
-        for to_name, group in self._by_video(regions).items():
+        for to_name, group in self.by_video(regions).items():
             with self.open_video(config, to_name, task["data"], group) as opened:
                 for region in group:
                     rid = str(region.get("id"))
@@ -143,7 +167,7 @@ class Predictor:
         return task
 
     @staticmethod
-    def _by_video(regions: list[dict]) -> dict[str, list[dict]]:
+    def by_video(regions: list[dict]) -> dict[str, list[dict]]:
         groups: dict[str, list[dict]] = {}
         for region in regions:
             groups.setdefault(str(region.get("to_name") or ""), []).append(region)
@@ -200,7 +224,10 @@ class Predictor:
         except ValueError as err:
             raise BadRequest(str(err), detail={"region": region.get("id")}, status=422) from None
 
-    def track_region(self, project: str, task_id: str, region: Mapping, opened: OpenedVideo) -> tuple[dict, float, list[str]]:
+    def track_region(self, project: str, task_id: str, region: Mapping, opened: OpenedVideo, work: LongWork | None = None,
+                     anchors: list[Keyframe] | None = None, progress: Progress | None = None) -> tuple[dict, float, list[str]]:
+        """The region re-tracked from its anchors: merged from its keyframes and our last answer, or given (a job
+        finishing a windowed answer). With `work` on a long video, only a window around the edit is tracked."""
         rid = region.get("id")
         if not rid:
             raise BadRequest("a videorectangle region has no 'id'", detail={"region": region})
@@ -209,34 +236,51 @@ class Predictor:
             return dict(region), 0.0, []
         state = self.store.get(project, task_id, str(rid))
         state = state if state is not None and state.video_key == opened.key else None
-        anchors = merge_anchors(given, state)
-        previous = TrackResult.from_dict(state.result) if state is not None and state.result else None
+        from_job = anchors is not None
+        anchors = anchors if from_job else merge_anchors(given, state)
+        windowed = work is not None and work.is_long(opened.video)
         start = time.perf_counter()
         try:
-            result = self.engine().track(opened.video, anchors, previous)
+            if windowed:
+                keyframes, score, warnings = work.track_window(self.engine(), opened.video, given, anchors,
+                                                               state.answered if state is not None else [], str(rid))
+                stored = state.result if state is not None else {}  # the whole track's segments: the job reuses them
+            else:
+                previous = TrackResult.from_dict(state.result) if state is not None and state.result else None
+                kwargs = {"progress": progress} if progress is not None else {}
+                result = self.engine().track(opened.video, anchors, previous, **kwargs)
+                scores = np.asarray(result.scores, dtype=np.float64)
+                keyframes, warnings, stored = result.keyframes, list(result.warnings), result.to_dict()
+                score = float(np.nanmean(scores)) if np.isfinite(scores).any() else 0.0
         except ValueError as err:
             raise BadRequest(f"cannot track region {rid}: {err}", detail={"region": rid}, status=422) from None
-        scores = np.asarray(result.scores, dtype=np.float64)
-        score = float(np.nanmean(scores)) if np.isfinite(scores).any() else 0.0
         ls_frames = {opened.timeline.video_frame(item["frame"]): item["frame"] for item in region["value"]["sequence"]}
-        out = keyframes_region(region, result.keyframes, opened.timeline, ls_frames, round(score, 4))
+        out = keyframes_region(region, keyframes, opened.timeline, ls_frames, round(score, 4)) if keyframes is not None else dict(region)
         answered = region_keyframes(out, opened.timeline)
-        self.store.put(project, task_id, str(rid), RegionState(opened.key, anchors, answered, result.to_dict(), region_label(region)))
+        if from_job and state is not None:  # the UI may show the windowed answer or this one: both are ours
+            answered += [k for k in state.answered if not any(k.same_as(a) for a in answered)]
+        if not from_job or state is None or _same_keyframes(state.anchors, anchors):  # else a newer call owns the state
+            self.store.put(project, task_id, str(rid), RegionState(opened.key, anchors, answered, stored, region_label(region)))
+        if work is not None:
+            work.add_region(region if windowed else out, anchors if windowed else None)
         logger.info("task %s region %s: %d anchors -> %d keyframes (score %.3f) in %.1f s", task_id, rid, len(anchors),
                     len(answered), score, time.perf_counter() - start)
-        return out, score, list(result.warnings)
+        return out, score, warnings
 
-    def _complete(self, project: str, task: Mapping, regions: list[dict], config: LabelConfig) -> dict:
+    def _complete(self, project: str, task: Mapping, regions: list[dict], config: LabelConfig,
+                  work: LongWork | None = None) -> dict:
         """One prediction item: every region tracked, in the order given."""
         if not regions:
             return {"model_version": self.model_version, "score": 0.0, "result": []}
         task = self.with_data(task)
+        if work is not None:
+            work.bind(task)
         outs, scores, warnings = {}, [], []
-        for to_name, group in self._by_video(regions).items():
+        for to_name, group in self.by_video(regions).items():
             with self.open_video(config, to_name, task["data"], group) as opened:
                 warnings += opened.warnings
                 for region in group:
-                    out, score, more = self.track_region(project, str(task["id"]), region, opened)
+                    out, score, more = self.track_region(project, str(task["id"]), region, opened, work)
                     outs[id(region)] = out
                     scores.append(score)
                     warnings += more
@@ -246,8 +290,10 @@ class Predictor:
             item["warnings"] = warnings
         return item
 
-    def _batch_item(self, project: str, task: Mapping, config: LabelConfig, raise_errors: bool) -> dict | list:
-        """Complete the latest annotation (else draft).
+    def _batch_item(self, project: str, task: Mapping, config: LabelConfig, raise_errors: bool,
+                    work: LongWork | None = None) -> dict | list:
+        """Complete the latest annotation (else draft); on a mask config, also the masks of its objects that have
+        clicks or brush masks (`masks.MaskPredictor.batch`).
 
         A task with nothing to start from gets `[]` (no prediction): Label Studio stores nothing then, whereas an
         empty prediction would make "Retrieve predictions" skip the task once the annotator has drawn a box.
@@ -256,7 +302,15 @@ class Predictor:
         try:
             task = self.with_data(task, need_annotations=True)
             regions = _video_regions(_latest_result(task))
-            return self._complete(project, task, regions, config) if regions else []
+            item = self._complete(project, task, regions, config, work) if regions else None
+            if self.masks is not None and config.has_masks:
+                masks = self.masks.batch(project, task, config, item["result"] if item else [], work)
+                if masks is not None and item is not None:
+                    ids = {str(r.get("id")) for r in masks["result"]}
+                    item["result"] = [r for r in item["result"] if str(r.get("id")) not in ids] + masks["result"]
+                    item["score"] = round((item["score"] + masks["score"]) / 2, 4)
+                item = item or masks
+            return item if item is not None else []
         except BadRequest as err:
             if raise_errors:
                 raise
@@ -278,3 +332,7 @@ def _latest_result(task: Mapping) -> list:
     chosen = newest(task.get("annotations")) or newest(task.get("drafts"))
     result = chosen.get("result") if chosen else None
     return list(result) if isinstance(result, list) else []
+
+
+def _same_keyframes(a: list[Keyframe], b: list[Keyframe]) -> bool:
+    return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))

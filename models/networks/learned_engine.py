@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import mask_to_box
+from ..mask_engine import expected_reads
 from ..masks import MaskResult, Scribble
+from ..progress import Meter, Progress
 from ..propagation import box_runs, check_boxes, forward_weights, plan_chains
 from ..segmentation import enforce_strokes, valid_box
 from ..video import Video
+from ..window import CountingVideo
 from .checkpoint import load_checkpoint
 from .crops import MARGIN, box_map, convert, crop_matrix, paste, stroke_maps, warp
 from .model import ScribbleBoxModel
@@ -252,11 +255,14 @@ class LearnedMaskEngine:
         return cls(propagator.segmenter, propagator)
 
     def run(self, video: Video, boxes: np.ndarray, scribbles: Sequence[Scribble], previous: MaskResult | None = None,
-            approved: dict[int, np.ndarray] | None = None) -> MaskResult:
+            approved: dict[int, np.ndarray] | None = None, progress: Progress | None = None) -> MaskResult:
         """User-approved masks are kept; frames with strokes are segmented (the approved or previous mask as the
-        prior) and become approved; everything is propagated from them through the box track."""
+        prior) and become approved; everything is propagated from them through the box track.
+        progress(fraction, message): called as frames are read."""
         start = time.perf_counter()
         boxes = check_boxes(boxes, video.num_frames)
+        meter = Meter(progress, expected_reads(boxes, len({s.frame for s in scribbles}), 1 << 30), "masks")
+        video = CountingVideo(video, meter.add) if progress is not None else video
         done = {int(f): np.asarray(m, dtype=bool) for f, m in (approved or {}).items()}
         by_frame: dict[int, list[Scribble]] = {}
         for s in scribbles:
@@ -269,4 +275,5 @@ class LearnedMaskEngine:
                 prior = previous.masks.get(f)
             done[f] = self.segmenter.segment(video.frame(f), boxes[f], strokes, prior)
         masks = self.propagator.propagate(video, boxes, done, scribbles)
+        meter.done(f"masks for {len(masks)} frames")
         return MaskResult(masks=masks, approved=done, seconds=time.perf_counter() - start)
