@@ -25,7 +25,8 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"scribblebox.config": ["*.yaml", "label_studio/*.xml"]},
+    package_data={"scribblebox.config": ["*.yaml", "label_studio/*.xml"],
+                  "scribblebox.models": ["weights/*.pt", "weights/*.md"]},
     install_requires=[
         "numpy>=1.24",
         "opencv-contrib-python-headless>=4.8",

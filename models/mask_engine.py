@@ -12,6 +12,8 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +28,15 @@ from .window import CountingVideo
 log = logging.getLogger(__name__)
 
 ENGINES = ("classical", "learned")
+SHIPPED_CHECKPOINT = "weights/scribblebox-small.pt"  # in this package: trained here, see weights/MODEL_CARD.md
+
+
+def checkpoint_path(masks) -> str | None:
+    """masks.checkpoint, else the checkpoint shipped with the package (None if this install has none)."""
+    if masks.checkpoint:
+        return str(masks.checkpoint)
+    shipped = Path(str(resources.files("scribblebox.models").joinpath(SHIPPED_CHECKPOINT)))
+    return str(shipped) if shipped.is_file() else None
 
 
 class MaskEngine:
@@ -45,11 +56,12 @@ class MaskEngine:
     def from_settings(cls, masks) -> MaskEngine:
         """The engine named by `settings.masks` (a MaskSettings)."""
         if masks.engine == "learned":
-            if not masks.checkpoint:
+            path = checkpoint_path(masks)
+            if path is None:
                 raise ValueError("masks.engine 'learned' needs masks.checkpoint (a file written by `scribblebox train`)")
             from .networks.learned_engine import LearnedMaskEngine  # torch is only imported for this engine
 
-            return LearnedMaskEngine.from_checkpoint(masks.checkpoint, masks.device, masks.scribble_window)
+            return LearnedMaskEngine.from_checkpoint(path, masks.device, masks.scribble_window)
         if masks.engine not in ENGINES:
             raise ValueError(f"unknown mask engine {masks.engine!r}; known: {list(ENGINES)} (set masks.engine)")
         if masks.work_size < 32:

@@ -124,6 +124,18 @@ def test_finetune_improves_held_back_iou_and_saves_versioned_checkpoints(tuned, 
     assert all(p.requires_grad for p in model.parameters())  # the encoder is not left frozen
 
 
+def test_a_project_on_the_classical_engine_is_measured_against_it(base):
+    """Before: the engine the project serves (classical), not the base network; a weak network does not replace it."""
+    from scribblebox.models.mask_engine import MaskEngine
+
+    classical = MaskEngine.from_settings(MaskSettings(engine="classical"))
+    report = finetune(base, samples(), FitOptions(iters=0, batch=2, holdout=0.25, device="cpu"), serving=classical)
+    untouched = finetune(base, samples(), FitOptions(iters=0, batch=2, holdout=0.25, device="cpu"))
+    assert report.before != untouched.before and report.before["box_iou"] > 0.5  # GrabCut finds the shapes
+    assert set(report.before) == {"box_iou", "prop_iou", "score"}
+    assert not report.accepted and "not better" in report.reason
+
+
 def test_worse_model_is_rejected(tuned):
     _, path = tuned
 
@@ -248,7 +260,7 @@ def label_studio(tmp_path_factory):
 
 
 def fit_job(tmp_path: Path, url: str, base: Path, **training) -> FitJob:
-    settings = Settings(masks=MaskSettings(checkpoint=str(base) if base else None, device="cpu"),
+    settings = Settings(masks=MaskSettings(engine="learned", checkpoint=str(base) if base else None, device="cpu"),
                         server=ServerSettings(data_dir=str(tmp_path / "var")),
                         training=TrainingSettings(**{"fit_iters": 20, "fit_lr_max": 0.01, "fit_holdout": 0.25,
                                                      **training}))
@@ -281,7 +293,7 @@ def test_train_job_end_to_end_accepts_then_keeps_the_better_model(tmp_path, labe
     assert registry.read("1")["history"][0]["base"] == str(first)  # the second run started from the served model
 
 
-def test_too_few_masks_gives_up_and_changes_nothing(tmp_path, label_studio, base):
+def test_too_few_masks_gives_up_and_changes_nothing(tmp_path, label_studio, base, monkeypatch):
     job = fit_job(tmp_path, label_studio, base)
     queue = JobQueue(tmp_path / "jobs.sqlite3")
     queue.enqueue("2", "2", {"label_config": CONFIG}, kind="train")
@@ -289,6 +301,7 @@ def test_too_few_masks_gives_up_and_changes_nothing(tmp_path, label_studio, base
     row = queue.get("2", "2", kind="train")
     assert row["status"] == "failed" and "has 2 approved brush mask(s)" in row["last_error"]
     assert "at least 4" in row["last_error"] and not (tmp_path / "var" / "models" / "2").exists()
+    monkeypatch.setattr(fit_module, "checkpoint_path", lambda masks: None)  # an install without the shipped one
     with pytest.raises(GiveUp, match="no mask checkpoint"):
         fit_job(tmp_path, label_studio, None).run("1", {"label_config": CONFIG}, lambda f, m: None)
 

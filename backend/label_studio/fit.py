@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...models.geometry import clip_box, mask_to_box
+from ...models.mask_engine import checkpoint_path
 from ...settings import Settings
 from ..errors import BadRequest
 from ..jobs import GiveUp, Job, Progress
@@ -130,8 +131,13 @@ class FitJob:
         options = FitOptions(iters=training.fit_iters, batch=training.fit_batch, holdout=training.fit_holdout,
                              min_gain=training.fit_min_gain, lr_max=training.fit_lr_max,
                              train_encoder=training.fit_train_encoder, device=self.settings.masks.device)
+        serving = None  # the project serves `base` itself, else the configured classical engine: measure that one
+        if self.registry.current(project) is None and self.settings.masks.engine != "learned":
+            from ...models.mask_engine import MaskEngine
+
+            serving = MaskEngine.from_settings(self.settings.masks)
         try:
-            report = finetune(base, samples, options, lambda f, m: progress(0.3 + 0.68 * f, m))
+            report = finetune(base, samples, options, lambda f, m: progress(0.3 + 0.68 * f, m), serving=serving)
         except ValueError as err:  # the data cannot train anything (e.g. every mask empty)
             raise GiveUp(f"project {project}: {err}") from None
         if report.accepted:
@@ -150,7 +156,7 @@ class FitJob:
         current = self.registry.current(project)
         if current is not None:
             return current
-        configured = self.settings.training.base_checkpoint or self.settings.masks.checkpoint
+        configured = self.settings.training.base_checkpoint or checkpoint_path(self.settings.masks)
         if not configured:
             raise GiveUp("no mask checkpoint to fine-tune: set masks.checkpoint (or training.base_checkpoint) to a "
                          "file written by `scribblebox train`")

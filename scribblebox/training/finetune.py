@@ -39,6 +39,7 @@ from scribblebox.models.networks.checkpoint import (
 from scribblebox.models.networks.crops import MARGIN, convert, paste, warp
 from scribblebox.models.networks.learned_engine import LearnedPropagator, pick_device
 from scribblebox.models.networks.model import ScribbleBoxModel
+from scribblebox.models.video import ArrayVideo
 
 from .clips import VideoFrames, video_clip
 from .interactions import interaction_sample
@@ -162,8 +163,12 @@ def fit_step(model: ScribbleBoxModel, inter: Batch, pairs: Batch | None) -> tupl
 
 
 def finetune(base: str | Path, samples: Sequence[ApprovedSample], options: FitOptions = FitOptions(),
-             progress: Progress | None = None, step: Step = fit_step) -> FitReport:
-    """Fine-tune the checkpoint `base` on the samples' training share and measure old vs new on the held-back one."""
+             progress: Progress | None = None, step: Step = fit_step, serving: Any = None) -> FitReport:
+    """Fine-tune the checkpoint `base` on the samples' training share and measure old vs new on the held-back one.
+
+    serving: the mask engine the project uses now when it is not `base` (e.g. the classical one): then "old" is that
+    engine, measured the same way, so a fine-tuned network replaces it only when it does better.
+    """
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     device = pick_device(options.device)
@@ -173,7 +178,8 @@ def finetune(base: str | Path, samples: Sequence[ApprovedSample], options: FitOp
     train_set, held = split([s for s in samples if s.mask.any()], options.holdout)  # empty: object absent
     singles, runs = banks(train_set, options.pair_gap)
     report(0.0, f"measuring the current model on {len(held)} held-back frames")
-    before = measure(old, held, train_set, crop, margin, options.pair_gap)
+    before = (measure(old, held, train_set, crop, margin, options.pair_gap) if serving is None
+              else measure_engine(serving, held, train_set, options.pair_gap))
     model = copy.deepcopy(old)
     done, reason = _train(model, singles, runs, options, crop, margin, device, step, report)
     report(0.95, "measuring the fine-tuned model")
@@ -241,6 +247,27 @@ def measure(model: ScribbleBoxModel, held: Sequence[ApprovedSample], train_set: 
         if near:
             source = min(near, key=lambda s: (abs(s.index - target.index), s.index))
             props.append(iou(propagate_once(net, source, target), target.mask))
+    out = {"box_iou": round(float(np.mean(boxes)), 4)}
+    if props:
+        out["prop_iou"] = round(float(np.mean(props)), 4)
+    out["score"] = round(float(np.mean(list(out.values()))), 4)
+    return out
+
+
+def measure_engine(engine: Any, held: Sequence[ApprovedSample], train_set: Sequence[ApprovedSample],
+                   pair_gap: int) -> dict[str, float]:
+    """`measure` for any mask engine with MaskEngine.run: box-only masks, and one step of propagation from the
+    nearest training frame (a 2-frame video whose first frame is approved)."""
+    boxes, props = [], []
+    for target in held:
+        one = engine.run(ArrayVideo(target.frame[None]), np.asarray(target.box, np.float64)[None], [])
+        boxes.append(iou(one.masks.get(0, np.zeros_like(target.mask)), target.mask))
+        near = [s for s in train_set if s.group == target.group and abs(s.index - target.index) <= pair_gap]
+        if near:
+            source = min(near, key=lambda s: (abs(s.index - target.index), s.index))
+            two = engine.run(ArrayVideo(np.stack([source.frame, target.frame])),
+                             np.stack([source.box, target.box]).astype(np.float64), [], approved={0: source.mask})
+            props.append(iou(two.masks.get(1, np.zeros_like(target.mask)), target.mask))
     out = {"box_iou": round(float(np.mean(boxes)), 4)}
     if props:
         out["prop_iou"] = round(float(np.mean(props)), 4)
