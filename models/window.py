@@ -13,15 +13,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .video import FrameIndexError, Video
+from .video import Video, _VideoBase
 
 
 class WindowClosed(RuntimeError):
     """A frame was read from a window after it was closed (its caller gave up on the work)."""
 
 
-class _View:
-    """What a view shares with the video under it: size, rate, frame index checks, time lookup."""
+class _View(_VideoBase):
+    """What a view shares with the video under it: size and rate; index checks and time lookup come from _VideoBase."""
 
     def __init__(self, video: Video, num_frames: int, timestamps: np.ndarray) -> None:
         self.video = video
@@ -30,37 +30,6 @@ class _View:
         self.width, self.height = video.width, video.height
         self.variable_frame_rate = bool(getattr(video, "variable_frame_rate", False))
         self.timestamps = np.asarray(timestamps, dtype=np.float64)
-
-    @property
-    def duration(self) -> float:
-        if self.num_frames > 1:
-            return float(self.timestamps[-1] + np.median(np.diff(self.timestamps)))
-        return 1.0 / self.fps
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    def index_at_time(self, seconds: float) -> int:
-        """The frame whose timestamp is nearest `seconds`, clamped to the view."""
-        i = int(np.searchsorted(self.timestamps, float(seconds), side="left"))
-        if i >= self.num_frames or (i > 0 and seconds - self.timestamps[i - 1] <= self.timestamps[i] - seconds):
-            i -= 1
-        return max(i, 0)
-
-    def _check_index(self, index: int) -> int:
-        i = int(index)
-        if not 0 <= i < self.num_frames:
-            raise FrameIndexError(f"frame {index} is outside the video's frames 0..{self.num_frames - 1}")
-        return i
-
-    def _check_range(self, start: int, stop: int) -> range:
-        start, stop = int(start), int(stop)
-        if start == stop:
-            return range(0)
-        self._check_index(start)
-        if not -1 <= stop <= self.num_frames:
-            raise FrameIndexError(f"stop {stop} must be in -1..{self.num_frames} (exclusive end, -1 to include frame 0)")
-        return range(start, stop, 1 if stop > start else -1)
 
 
 class FrameWindow(_View):
