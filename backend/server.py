@@ -257,7 +257,7 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         schema = body.get("schema")
         if isinstance(schema, str) and schema.strip():
             predictor.store.put_label_config(project_key(body.get("project")), schema)
-        return jsonify({"model_version": backend.registry.model_version(project_key(body.get("project")), predictor.model_version)})
+        return jsonify({"model_version": predictor.version(project_key(body.get("project")))})
 
     @app.post("/predict")
     def predict():
@@ -293,7 +293,11 @@ def _register_routes(app: Flask, backend: Backend) -> None:
 
     @app.get("/versions")
     def versions():
-        return jsonify({"versions": [predictor.model_version]})
+        """Label Studio sends {"project": "<id>.<ts>"} as a JSON body of this GET: the project's version first."""
+        body = request.get_json(force=True, silent=True)
+        project = body.get("project") if isinstance(body, dict) else request.args.get("project")
+        current = predictor.version(project_key(project)) if project else predictor.model_version
+        return jsonify({"versions": list(dict.fromkeys([current, predictor.model_version]))})
 
 
 def _gunicorn_extras() -> list[str]:
@@ -313,6 +317,9 @@ def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090, workers: 
     config = data_dir / "serve-settings.yaml"  # workers rebuild exactly these settings
     config.write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
     env = {**os.environ, "SCRIBBLEBOX_CONFIG": str(config.resolve())}
+    # torch (learned engine, fine-tuning) runs in every request thread of every worker: one CPU thread each, or their
+    # spinning thread pools slow every call down on shared cores (2 workers x 4 threads already fill a small machine).
+    env.setdefault("OMP_NUM_THREADS", "1")
     # Threads per worker: /health (1 s timeout in Label Studio) must answer while a long predict is running.
     command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", "4", "--timeout", "120",
                "--bind", f"{host}:{port}", *_gunicorn_extras(), "scribblebox.backend.server:create_app()"]

@@ -321,3 +321,23 @@ def test_start_training_webhook_queues_one_train_job_per_project(tmp_path):
     assert backend.jobs.get("3", "3", kind="train")["generation"] == 2, "one job per project, replaced"
     assert client.post("/webhook", json={"action": "START_TRAINING"}).get_json()["job"] is None
     assert client.post("/setup", json={"project": "3.1700000000"}).get_json()["model_version"].startswith("scribblebox-")
+
+
+def test_a_fine_tuned_project_reports_its_version_everywhere(tmp_path, tuned, base):
+    """/setup, /versions and the prediction items agree: Label Studio skips tasks by the version /setup reports."""
+    from scribblebox.backend.label_studio.models_registry import CHECKPOINT_NAME
+    from scribblebox.backend.server import create_app
+
+    app = create_app(Settings(server=ServerSettings(data_dir=str(tmp_path))), env={})
+    backend = app.extensions["scribblebox"]
+    report, _ = tuned
+    path = report.save(backend.registry.folder("3"), CHECKPOINT_NAME)
+    backend.registry.accept("3", path, report.to_dict(), str(base))
+    client = app.test_client()
+    tuned_version = client.post("/setup", json={"project": "3.1700000000"}).get_json()["model_version"]
+    assert tuned_version.endswith("-ft-v001") and tuned_version != backend.predictor.model_version
+    assert client.get("/versions", json={"project": "3.1700000000"}).get_json()["versions"] == [
+        tuned_version, backend.predictor.model_version]
+    assert client.post("/setup", json={"project": "4.1"}).get_json()["model_version"] == backend.predictor.model_version
+    empty = backend.predictor._complete("3", {"id": 1, "data": {}}, [], None)
+    assert empty["model_version"] == tuned_version

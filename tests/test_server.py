@@ -1,6 +1,7 @@
 """The ML-backend HTTP server with Label Studio 1.23.2 payload shapes, a stand-in engine and a stand-in video."""
 import base64
 import copy
+import os
 import socket
 import subprocess
 import time
@@ -330,7 +331,7 @@ def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
 
     def execve(path, command, env):
         assert path == command[0]
-        seen["command"] = command
+        seen["command"], seen["threads"] = command, env.get("OMP_NUM_THREADS")
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(300):  # up to 30 s: gunicorn boots slowly on a busy 2-core machine
@@ -351,6 +352,7 @@ def test_serve_runs_gunicorn_with_the_app_factory(settings, monkeypatch):
     assert seen["command"][-1] == "scribblebox.backend.server:create_app()"
     assert seen["health"] == {"status": "UP", "model_class": "ScribbleBox"}
     assert seen["version"] == {"versions": ["scribblebox-0.1.0-csrt"]}
+    assert seen["threads"] == (os.environ.get("OMP_NUM_THREADS") or "1"), "torch threads: one per request thread"
 
 
 def _write_clip(path, frames=40, size=(160, 120), fps=25):

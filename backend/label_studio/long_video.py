@@ -238,7 +238,7 @@ def complete_job(predictor: Any, job: Job, progress: Progress) -> dict:
         if err.status >= 500:
             raise
         raise GiveUp(f"{err.message} ({err.detail!r})") from None
-    item = {"model_version": predictor.model_version, "score": round(float(np.mean(scores)) if scores else 0.0, 4),
+    item = {"model_version": predictor.version(job.project), "score": round(float(np.mean(scores)) if scores else 0.0, 4),
             "result": result}
     progress(POSTED_AT, f"posting the prediction for task {task['id']}")
     predictor.masks.post(int(task["id"]), item)

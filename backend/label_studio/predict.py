@@ -267,11 +267,16 @@ class Predictor:
                     len(answered), score, time.perf_counter() - start)
         return out, score, warnings
 
+    def version(self, project: str) -> str:
+        """The model version of the project's predictions: its fine-tuned one (`fit`) when it has one. Label Studio's
+        "Retrieve predictions" skips tasks holding a prediction of the version /setup reported: they must agree."""
+        return self.masks.model_version(project) if self.masks is not None else self.model_version
+
     def _complete(self, project: str, task: Mapping, regions: list[dict], config: LabelConfig,
                   work: LongWork | None = None) -> dict:
         """One prediction item: every region tracked, in the order given."""
         if not regions:
-            return {"model_version": self.model_version, "score": 0.0, "result": []}
+            return {"model_version": self.version(project), "score": 0.0, "result": []}
         task = self.with_data(task)
         if work is not None:
             work.bind(task)
@@ -284,7 +289,7 @@ class Predictor:
                     outs[id(region)] = out
                     scores.append(score)
                     warnings += more
-        item = {"model_version": self.model_version, "score": round(float(np.mean(scores)), 4),
+        item = {"model_version": self.version(project), "score": round(float(np.mean(scores)), 4),
                 "result": [outs[id(r)] for r in regions]}
         if warnings:
             item["warnings"] = warnings

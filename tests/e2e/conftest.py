@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,25 +153,36 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def backend(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    root = tmp_path_factory.mktemp("backend")
+@contextmanager
+def running_backend(label_studio: LabelStudio, root: Path, config: Path | None = None,
+                    env: Mapping[str, str] | None = None) -> Iterator[Backend]:
+    """`scribblebox [--config FILE] serve` under `root`, connected to `label_studio`; stopped when the block ends.
+    `env` adds variables (e.g. SCRIBBLEBOX_PREDICT_DEADLINE_S) for modules that need a differently set-up backend."""
     port = _free_port()
-    env = {
+    full_env = {
         **os.environ,
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "SCRIBBLEBOX_DATA_DIR": str(root / "data"),
+        **(env or {}),
     }
     log = root / "backend.log"
     # The command users run (`scribblebox serve`: gunicorn, 2 workers), so its launch path is tested too.
-    cmd = [sys.executable, "-m", "scribblebox.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    proc = _start(cmd, env, log, cwd=root)
+    options = ["--config", str(config)] if config is not None else []
+    cmd = [sys.executable, "-m", "scribblebox.cli", *options, "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "2"]
+    proc = _start(cmd, full_env, log, cwd=root)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, BACKEND_START_TIMEOUT_S, "ScribbleBox backend")
         yield Backend(f"http://127.0.0.1:{port}", root / "data", log)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    with running_backend(label_studio, tmp_path_factory.mktemp("backend")) as server:
+        yield server
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -105,5 +105,13 @@ class LabelStudioClient:
             timeout=PREDICT_TIMEOUT_S,
         )
 
+    def ml_backend(self, ml_id: int) -> dict:
+        """The backend's row; reading it makes Label Studio call /health and /setup, refreshing `model_version`."""
+        return self.request("GET", f"/api/ml/{ml_id}", timeout=60.0)
+
+    def train(self, ml_id: int) -> None:
+        """The Train button: Label Studio posts START_TRAINING to the backend's /webhook and waits for its answer."""
+        self.request("POST", f"/api/ml/{ml_id}/train", json={}, timeout=PREDICT_TIMEOUT_S)
+
     def webhooks(self, project_id: int) -> list[dict]:
         return self.request("GET", "/api/webhooks", params={"project": project_id})
