@@ -10,17 +10,20 @@ farther away. Colour models travel along the chain and are re-fitted on each fra
 Two sweeps walk the video (one forward, one backward) in two threads; OpenCV releases the GIL, so both CPU cores
 work. Between two start frames a and b, frame t averages both sweeps' soft masks with weights proportional to
 trust / distance (approved frames trust 1, frames segmented from their box alone `weak_weight`), then thresholds.
+Memory (issue #6): a frame is fused and thresholded as soon as its second sweep reaches it (`fusion.Fusion`); until then
+its first soft mask waits as uint16, and nothing else per frame is kept but the full-frame bool masks returned.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from .fusion import Chain, Fusion, forward_weights
 from .masks import Scribble
 from .scribble_propagation import Carried, FramePairs, ScribbleCarrier, locked_frames
 from .segmentation import (
@@ -38,7 +41,6 @@ from .video import Video
 
 log = logging.getLogger(__name__)
 
-Chain = tuple[int, int, int]  # (anchor frame, direction, last frame inclusive)
 
 
 @dataclass
@@ -112,13 +114,13 @@ class FlowPropagator:
                 trust[mid] = self.weak_weight
         chains = plan_chains(boxes, sorted(f for f in seeds if valid_box(boxes[f])))
         states = {f: self.seed(pairs, f, m) for f, m in seeds.items() if valid_box(boxes[f])}
-        forward = [c for c in chains if c[1] > 0]
-        backward = [c for c in chains if c[1] < 0]
+        fusion = Fusion(chains, trust, blend, lambda state: state.window.paste(state.soft, shape))
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            jobs = [pool.submit(self._sweep, pairs, part, states, carried) for part in (forward, backward)]
-            results = [job.result() for job in jobs]
-        fused = fuse(results[0], results[1], chains, trust)
-        masks = {f: state.window.paste(state.soft, shape) for f, state in fused.items()}
+            jobs = [pool.submit(self._sweep, pairs, [c for c in chains if c[1] == d], states, carried, fusion.add)
+                    for d in (1, -1)]
+            for job in jobs:
+                job.result()
+        masks = fusion.result()
         lost = [f for f, m in masks.items() if not m.any()]
         if lost:  # every sweep that reached these frames lost the object, yet the box says it is there
             log.debug("object lost by propagation on %d frames; segmenting them from their box", len(lost))
@@ -127,18 +129,17 @@ class FlowPropagator:
         return masks
 
     def _sweep(self, pairs: FramePairs, chains: list[Chain], seeds: dict[int, State],
-               carried: dict[int, list[Carried]]) -> dict[int, State]:
-        """Follow each chain from its anchor, one step per frame; returns frame -> soft mask in its own window."""
-        out: dict[int, State] = {}
+               carried: dict[int, list[Carried]], sink: Callable[[int, int, State], None]) -> None:
+        """Follow each chain from its anchor, one step per frame, handing each frame's soft mask (in its own window)
+        to `sink(frame, direction, state)` at once: a sweep keeps only its current state."""
         for anchor, direction, last in chains:
             state = seeds[anchor]
             previous: np.ndarray | None = None
             for frame, image in locked_frames(pairs.video, anchor, last + direction, pairs.lock):
                 if previous is not None:
                     state = self.step(pairs, frame - direction, frame, previous, image, state, carried.get(frame, []))
-                    out[frame] = state
+                    sink(frame, direction, State(state.window, state.soft))  # the colour models stay with the chain
                 previous = image
-        return out
 
     def seed(self, pairs: FramePairs, frame: int, mask: np.ndarray) -> State:
         """A chain's start: the anchor's mask in its own window, and colour models fitted to it."""
@@ -253,39 +254,23 @@ def plan_chains(boxes: np.ndarray, anchors: list[int]) -> list[Chain]:
     return chains
 
 
-def forward_weights(chains: list[Chain], trust: dict[int, float]) -> dict[int, float]:
-    """For each frame reached from both sides, the forward sweep's share: 1 / distance to each start frame times
-    that start frame's trust, normalised (shared by the classical and the learned engines)."""
-    origin: dict[int, dict[int, int]] = {}
-    for anchor, direction, last in chains:
-        for f in range(anchor + direction, last + direction, direction):
-            origin.setdefault(f, {})[direction] = anchor
-    weights = {}
-    for f, sides in origin.items():
-        if 1 in sides and -1 in sides:
-            a, b = sides[1], sides[-1]
-            wa, wb = trust[a] / (f - a), trust[b] / (b - f)
-            weights[f] = wa / (wa + wb)
-    return weights
+def blend(forward: State, backward: State, weight: float) -> State:
+    """A frame both sweeps reached: their soft masks averaged, the forward one weighing `weight`. A sweep that lost
+    the object (empty mask) does not vote: the object is known to be in the box."""
+    if not np.any(backward.soft > 0.5):
+        return forward
+    if not np.any(forward.soft > 0.5):
+        return backward
+    other = backward.window.convert(backward.soft, forward.window)
+    return State(forward.window, weight * forward.soft + (1 - weight) * other)
 
 
 def fuse(forward: dict[int, State], backward: dict[int, State], chains: list[Chain],
          trust: dict[int, float]) -> dict[int, State]:
-    """One soft mask per frame: where both sweeps reached it, their average weighted by temporal proximity
-    (1 / distance to each start frame) times the start frame's trust. A sweep that lost the object (empty mask)
-    does not vote: the object is known to be in the box."""
+    """One soft mask per frame from two whole sweeps (`blend` where both reached it, weights by temporal proximity:
+    1 / distance to each start frame times the start frame's trust). `Fusion` does the same frame by frame."""
     weights = forward_weights(chains, trust)
-    out = dict(forward)
-    for f, state in backward.items():
-        if f not in out:
-            out[f] = state
-            continue
-        weight = weights[f]
-        if not np.any(state.soft > 0.5):
-            continue
-        if not np.any(out[f].soft > 0.5):
-            out[f] = state
-            continue
-        mine = out[f]
-        out[f] = State(mine.window, weight * mine.soft + (1 - weight) * state.window.convert(state.soft, mine.window))
+    out = {**backward, **forward}
+    for f in forward.keys() & backward.keys():
+        out[f] = blend(forward[f], backward[f], weights[f])
     return out

@@ -236,3 +236,12 @@ def test_learned_engine_is_selected_by_the_mask_settings(checkpoint):
     assert sorted(result.approved) == [0, 3]
     with pytest.raises(ValueError, match="needs masks.checkpoint"):
         MaskEngine.from_settings(MaskSettings(engine="learned"))
+
+
+def test_learned_walks_between_two_start_frames_run_back_to_back():
+    """Both walks of one segment run one after the other, so at most one segment's frames wait to be fused."""
+    from scribblebox.models.networks import learned_engine
+    from scribblebox.models.propagation import plan_chains
+
+    chains = plan_chains(np.ones((12, 4)), [2, 9])
+    assert learned_engine.by_segment(chains) == [(2, -1, 0), (2, 1, 8), (9, -1, 3), (9, 1, 11)]

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scribblebox.models import propagation
 from scribblebox.models.masks import Scribble
-from scribblebox.models.propagation import (
-    FlowPropagator,
-    State,
-    box_runs,
-    fuse,
-    plan_chains,
-)
+from scribblebox.models.fusion import STEPS, Fusion, forward_weights, pack, unpack
+from scribblebox.models.propagation import FlowPropagator, State, blend, box_runs, fuse, plan_chains
 from scribblebox.models.scribble_propagation import (
     FramePairs,
     ScribbleCarrier,
@@ -83,6 +79,87 @@ def test_fuse_weights_by_distance_and_trust_and_ignores_lost_sweeps() -> None:
     assert np.array_equal(distrust_right[7].soft > 0.5, left > 0.5)
     lost = {f: State(window, np.zeros_like(right)) for f in range(1, 10)}
     assert np.array_equal(fuse(forward, lost, chains, {0: 1.0, 10: 1.0})[8].soft, left)
+
+
+def fuse_before_issue_6(forward: dict[int, State], backward: dict[int, State], chains, trust) -> dict[int, State]:
+    """`fuse` as it was before soft masks were fused frame by frame (the reference the new path must reproduce)."""
+    weights = forward_weights(chains, trust)
+    out = dict(forward)
+    for f, state in backward.items():
+        if f not in out:
+            out[f] = state
+            continue
+        weight = weights[f]
+        if not np.any(state.soft > 0.5):
+            continue
+        if not np.any(out[f].soft > 0.5):
+            out[f] = state
+            continue
+        mine = out[f]
+        out[f] = State(mine.window, weight * mine.soft + (1 - weight) * state.window.convert(state.soft, mine.window))
+    return out
+
+
+def test_pack_keeps_every_pixel_on_its_side_of_one_half_at_a_fraction_of_the_bytes() -> None:
+    half = np.float32(0.5)
+    edge = [np.nextafter(half, np.float32(0)), half, np.nextafter(half, np.float32(1)), 0.0, 1.0]
+    soft = np.concatenate([np.array(edge, np.float32), np.random.default_rng(0).random(10_000, dtype=np.float32)])
+    steps = pack(soft)
+    assert steps.dtype == np.uint16 and steps.nbytes == soft.nbytes // 2
+    back = unpack(steps)
+    assert back.dtype == np.float32 and np.array_equal(back > 0.5, soft > 0.5)
+    assert np.abs(back - soft).max() <= 1 / STEPS
+
+
+@pytest.mark.parametrize("order", ["forward first", "backward first", "interleaved"])
+def test_fusion_frame_by_frame_equals_fusing_whole_sweeps(order: str) -> None:
+    """Whichever sweep reaches a frame first, the frame waits packed and is blended as the old whole-sweep fusion
+    did (a lost sweep does not vote); nothing waits once both sweeps are done."""
+    window = window_for([np.array([0, 0, 12, 10])], 20, 16, 16, 0.0)
+    rng = np.random.default_rng(1)
+    chains, trust = [(0, 1, 8), (9, -1, 1)], {0: 1.0, 9: 0.5}
+    sweeps = {d: {f: State(window, rng.random((window.h, window.w), dtype=np.float32)) for f in range(1, 9)}
+              for d in (1, -1)}
+    sweeps[-1][4] = State(window, np.zeros((window.h, window.w), np.float32))  # the backward sweep lost it here
+    expected = fuse_before_issue_6(sweeps[1], sweeps[-1], chains, trust)
+    fusion = Fusion(chains, trust, blend, lambda state: state.soft)
+    arrivals = {"forward first": [(f, d) for d in (1, -1) for f in range(1, 9)],
+                "backward first": [(f, d) for d in (-1, 1) for f in range(8, 0, -1)],
+                "interleaved": [(f, d) for f in range(1, 9) for d in (1, -1)[:: 1 if f % 2 else -1]]}[order]
+    for f, d in arrivals:
+        fusion.add(f, d, sweeps[d][f])
+        assert all(state.soft.dtype == np.uint16 for _, state in fusion.waiting.values())
+    softs = fusion.result()
+    assert not fusion.waiting and sorted(softs) == list(range(1, 9))
+    assert max(np.abs(softs[f] - expected[f].soft).max() for f in softs) < 1e-4
+    assert np.array_equal(softs[4] > 0.5, sweeps[1][4].soft > 0.5)
+
+
+def test_propagation_fused_frame_by_frame_matches_the_previous_fusion(scene, video, monkeypatch) -> None:
+    """On a video whose two approved frames disagree (whole object / left half), the masks equal those of the
+    previous implementation, which kept every float32 soft mask of both sweeps until the end and fused them then."""
+    runs = []
+
+    class Recording(Fusion):
+        def __init__(self, chains, trust, *args) -> None:
+            super().__init__(chains, trust, *args)
+            self.chains, self.trust, self.sweeps = chains, trust, {1: {}, -1: {}}
+            runs.append(self)
+
+        def add(self, frame: int, direction: int, state: State) -> None:
+            self.sweeps[direction][frame] = state
+            super().add(frame, direction, state)
+
+    monkeypatch.setattr(propagation, "Fusion", Recording)
+    approved = {0: part_mask(scene.boxes[0]), 14: part_mask(scene.boxes[14], 0.5)}
+    masks = FlowPropagator().propagate(video, scene.boxes, approved, [])
+    (run,) = runs
+    assert len(run.sweeps[1].keys() & run.sweeps[-1].keys()) == 13  # frames 1..13 are fused
+    before = fuse_before_issue_6(run.sweeps[1], run.sweeps[-1], run.chains, run.trust)
+    shape = (video.height, video.width)
+    expected = {f: state.window.paste(state.soft, shape) for f, state in before.items()}
+    assert sorted(expected) == [f for f in range(video.num_frames) if f not in approved]
+    assert min(iou(masks[f], expected[f]) for f in expected) > 0.999
 
 
 def test_masks_never_cross_frames_without_a_box(scene, video) -> None:

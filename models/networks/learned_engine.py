@@ -5,6 +5,8 @@ protocols of `models.masks` with the networks of a checkpoint (same inputs and o
 - Propagation walks from every approved (and weak) frame forward and backward, one frame at a time: the start frame
   with its mask is the reference (encoded once per walk), the previous frame's result is the previous mask. Where
   two walks meet between two start frames, their soft masks are averaged, the nearer start frame weighing more.
+  Both walks between two start frames run one after the other and each frame is pasted as soon as its last walk
+  reaches it (`propagation.Fusion`): per frame, only the result's bool mask is kept (issue #6).
 - Strokes travel by the scribble embedding: on a frame within `scribble_window` frames of a stroked one, locations
   whose nearest stroke embedding is close enough become positive/negative guide maps of the propagation decoder.
 - Models load once per process per (file, device) (`load_model`); public methods run under torch.inference_mode().
@@ -15,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +28,8 @@ from ..geometry import mask_to_box
 from ..mask_engine import expected_reads
 from ..masks import MaskResult, Scribble
 from ..progress import Meter, Progress
-from ..propagation import box_runs, check_boxes, forward_weights, plan_chains
+from ..fusion import Chain, Fusion
+from ..propagation import box_runs, check_boxes, plan_chains
 from ..segmentation import enforce_strokes, valid_box
 from ..video import Video
 from ..window import CountingVideo
@@ -168,27 +171,27 @@ class LearnedPropagator(_Net):
         starts = sorted(f for f in seeds if valid_box(boxes[f]))
         chains = plan_chains(boxes, starts)
         strokes = StrokeMemory(self, video, boxes, scribbles, seeds)
-        walked: dict[int, dict[int, Crop]] = {1: {}, -1: {}}
-        for anchor, direction, last in chains:
-            walked[direction].update(self._walk(video, boxes, anchor, direction, last, seeds[anchor], strokes))
-        fused = fuse(walked[1], walked[-1], chains, trust)
-        masks = {f: paste_mask(c, shape) for f, c in fused.items()}
+        fusion = Fusion(chains, trust, blend, lambda crop: paste_mask(crop, shape))
+        for anchor, direction, last in by_segment(chains):
+            for f, crop in self._walk(video, boxes, anchor, direction, last, seeds[anchor], strokes):
+                fusion.add(f, direction, crop)
+        masks = fusion.result()
         masks.update(seeds)
         return masks
 
     def _walk(self, video: Video, boxes: np.ndarray, anchor: int, direction: int, last: int, mask: np.ndarray,
-              strokes: StrokeMemory) -> dict[int, Crop]:
+              strokes: StrokeMemory) -> Iterator[tuple[int, Crop]]:
+        """(frame, soft mask in its crop) along one chain, as they are computed."""
         matrix = self.matrix(boxes[anchor])
         state = Crop(matrix, warp(mask.astype(np.float32), matrix, self.crop))
         reference = self.model.propagation.reference(self.image(video.frame(anchor), matrix), self.maps(state.soft))
-        out = {}
         for f, image in video.frames(anchor + direction, last + direction):
             matrix = self.matrix(boxes[f])
             previous = self.maps(convert(state.soft, state.matrix, matrix))
             features = self.model.encoder(self.image(image, matrix), previous)
             logits = self.model.propagation.decode(reference, features, strokes.guide(f, features))
-            state = out[f] = Crop(matrix, self.soft(logits))
-        return out
+            state = Crop(matrix, self.soft(logits))
+            yield f, state
 
 
 class StrokeMemory:
@@ -226,20 +229,17 @@ def paste_mask(crop: Crop, shape: tuple[int, int]) -> np.ndarray:
     return paste(crop.soft, crop.matrix, shape) > 0.5
 
 
-def fuse(forward: dict[int, Crop], backward: dict[int, Crop], chains: list[tuple[int, int, int]],
-         trust: dict[int, float]) -> dict[int, Crop]:
-    """One soft mask per frame: where both walks reached it, their average weighted by 1 / distance to each start
-    frame times that frame's trust (the same rule as the classical engine)."""
-    weights = forward_weights(chains, trust)
-    out = dict(forward)
-    for f, crop in backward.items():
-        if f not in out:
-            out[f] = crop
-            continue
-        weight = weights[f]
-        mine = out[f]
-        out[f] = Crop(mine.matrix, weight * mine.soft + (1 - weight) * convert(crop.soft, crop.matrix, mine.matrix))
-    return out
+def by_segment(chains: list[Chain]) -> list[Chain]:
+    """The chains with both walks between two start frames one after the other (forward first), so a frame waits
+    for its second walk at most one chain long, and the second walk finds its frames in the video's cache."""
+    return sorted(chains, key=lambda c: (min(c[0], c[2]), -c[1]))
+
+
+def blend(forward: Crop, backward: Crop, weight: float) -> Crop:
+    """A frame both walks reached: their soft masks averaged in the forward crop, the forward one weighing `weight`
+    (`weight` from `propagation.forward_weights`: the same rule as the classical engine)."""
+    other = convert(backward.soft, backward.matrix, forward.matrix)
+    return Crop(forward.matrix, weight * forward.soft + (1 - weight) * other)
 
 
 class LearnedMaskEngine:
