@@ -221,7 +221,8 @@ def test_net_config_round_trip_rejects_unknown_keys():
         NetConfig.from_dict({**data, "depth": 3})
 
 
-def test_learned_engine_is_selected_by_the_mask_settings(checkpoint):
+def test_learned_engine_is_selected_by_the_mask_settings(checkpoint, monkeypatch):
+    from scribblebox.models import mask_engine
     from scribblebox.models.mask_engine import MaskEngine
     from scribblebox.settings import MaskSettings
 
@@ -234,6 +235,7 @@ def test_learned_engine_is_selected_by_the_mask_settings(checkpoint):
     assert sorted(result.masks) == [0, 1, 2, 3, 4, 5]
     assert np.array_equal(result.masks[0], approved[0]) and result.masks[3][30, 32]
     assert sorted(result.approved) == [0, 3]
+    monkeypatch.setattr(mask_engine, "checkpoint_path", lambda masks: None)  # an install without the shipped one
     with pytest.raises(ValueError, match="needs masks.checkpoint"):
         MaskEngine.from_settings(MaskSettings(engine="learned"))
 
@@ -245,3 +247,32 @@ def test_learned_walks_between_two_start_frames_run_back_to_back():
 
     chains = plan_chains(np.ones((12, 4)), [2, 9])
     assert learned_engine.by_segment(chains) == [(2, -1, 0), (2, 1, 8), (9, -1, 3), (9, 1, 11)]
+
+
+def test_strokes_are_not_carried_when_they_match_cells_far_from_them():
+    """A collapsed embedding (every cell alike) would label the whole next frame as stroke: the self-check on the
+    stroked frame catches it; an embedding that tells cells apart passes."""
+    strokes = torch.zeros(64, 64)
+    strokes[4:8, 4:20] = 1  # cells (0, 0..2) at stride 8
+    collapsed = torch.nn.functional.normalize(torch.ones(16, 8, 8) + 0.01 * torch.randn(16, 8, 8), dim=0)
+    distinct = torch.nn.functional.normalize(torch.randn(64, 8, 8), dim=0)
+    for embedding, expected in ((collapsed, 1.0), (distinct, 0.0)):
+        positive, negative = stroke_embeddings(embedding, strokes), stroke_embeddings(embedding, torch.zeros(64, 64))
+        rate = learned_engine.false_match_rate(embedding, strokes, positive, negative, learned_engine.MATCH_THRESHOLD)
+        assert rate == pytest.approx(expected, abs=0.05)
+    assert learned_engine.false_match_rate(collapsed, torch.ones(64, 64), positive, negative, 0.5) == 0.0
+
+
+def test_learned_engine_keeps_an_approved_mask_that_already_satisfies_its_strokes(checkpoint, monkeypatch):
+    from scribblebox.models.networks.learned_engine import LearnedMaskEngine
+
+    video, boxes = moving_square_video()
+    engine = LearnedMaskEngine.from_checkpoint(checkpoint, device="cpu")
+    strokes = [Scribble(2, np.array([[32.0, 30.0], [36.0, 32.0]]), True)]
+    first = engine.run(video, boxes, strokes)
+    monkeypatch.setattr(engine.segmenter, "segment", lambda *a, **k: pytest.fail("re-segmented a satisfied frame"))
+    again = engine.run(video, boxes, strokes, previous=first)
+    assert again.approved[2] is first.approved[2]
+    more = strokes + [Scribble(2, np.array([[30.0, 20.0], [30.0, 24.0]]), False)]  # new stroke: segment again
+    with pytest.raises(pytest.fail.Exception, match="re-segmented"):
+        engine.run(video, boxes, more, previous=first)

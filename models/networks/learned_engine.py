@@ -8,7 +8,8 @@ protocols of `models.masks` with the networks of a checkpoint (same inputs and o
   Both walks between two start frames run one after the other and each frame is pasted as soon as its last walk
   reaches it (`propagation.Fusion`): per frame, only the result's bool mask is kept (issue #6).
 - Strokes travel by the scribble embedding: on a frame within `scribble_window` frames of a stroked one, locations
-  whose nearest stroke embedding is close enough become positive/negative guide maps of the propagation decoder.
+  whose nearest stroke embedding is close enough become positive/negative guide maps of the propagation decoder,
+  unless the strokes also match cells far from them on their own frame (`false_match_rate`): then nothing is carried.
 - Models load once per process per (file, device) (`load_model`); public methods run under torch.inference_mode().
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..masks import MaskResult, Scribble
 from ..progress import Meter, Progress
 from ..fusion import Chain, Fusion
 from ..propagation import box_runs, check_boxes, plan_chains
-from ..segmentation import enforce_strokes, valid_box
+from ..segmentation import enforce_strokes, satisfies, valid_box
 from ..video import Video
 from ..window import CountingVideo
 from .checkpoint import load_checkpoint
@@ -41,6 +42,7 @@ from .scribble_net import match_strokes, stroke_embeddings
 log = logging.getLogger(__name__)
 
 MATCH_THRESHOLD = 0.5  # squared embedding distance under which a location takes a stroke's label (the triplet margin)
+MAX_FALSE_MATCH = 0.2  # a stroked frame whose strokes match more of its own far-away cells is not carried
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -212,7 +214,13 @@ class StrokeMemory:
                        else box_map(boxes[f], matrix, net.crop))
             embedding = net.model.scribble(net.image(video.frame(f), matrix), net.maps(channel))[0]
             positive, negative = (torch.from_numpy(m).to(net.device) for m in stroke_maps(strokes, matrix, net.crop))
-            self.frames[f] = (stroke_embeddings(embedding, positive), stroke_embeddings(embedding, negative))
+            kept = (stroke_embeddings(embedding, positive), stroke_embeddings(embedding, negative))
+            false_rate = false_match_rate(embedding, positive + negative, *kept, net.match_threshold)
+            if false_rate > MAX_FALSE_MATCH:
+                log.info("frame %d: its strokes match %.0f%% of the cells far from them on their own frame; "
+                         "not carried (the embedding cannot localise them)", f, 100 * false_rate)
+                continue
+            self.frames[f] = kept
 
     def guide(self, frame: int, features) -> torch.Tensor | None:
         """(1, 2, S, S) propagated positive/negative strokes for `frame`, or None when no stroked frame is near."""
@@ -223,6 +231,20 @@ class StrokeMemory:
         cells = match_strokes(embedding, torch.cat([p for p, _ in near]), torch.cat([n for _, n in near]),
                               self.net.match_threshold)
         return F.interpolate(cells[None], size=(self.net.crop, self.net.crop), mode="nearest")
+
+
+def false_match_rate(embedding: torch.Tensor, strokes: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                     threshold: float, reach: int = 2) -> float:
+    """On the stroked frame itself: the fraction of cells more than `reach` cells from every stroke that the strokes'
+    embeddings still match. Training (batch-hard triplet) pushes such cells beyond the margin, so a high rate means
+    matching would label the whole crop (measured on the shipped checkpoint: 100%, every frame near a correction
+    then lost half its mask), and carrying is better skipped."""
+    cells = F.adaptive_max_pool2d(strokes[None, None].float(), embedding.shape[-2:])[0]
+    near = F.max_pool2d(cells, 2 * reach + 1, stride=1, padding=reach)[0] > 0
+    if bool(near.all()):
+        return 0.0
+    matched = match_strokes(embedding, positive, negative, threshold).amax(0) > 0
+    return float(matched[~near].float().mean())
 
 
 def paste_mask(crop: Crop, shape: tuple[int, int]) -> np.ndarray:
@@ -257,7 +279,8 @@ class LearnedMaskEngine:
     def run(self, video: Video, boxes: np.ndarray, scribbles: Sequence[Scribble], previous: MaskResult | None = None,
             approved: dict[int, np.ndarray] | None = None, progress: Progress | None = None) -> MaskResult:
         """User-approved masks are kept; frames with strokes are segmented (the approved or previous mask as the
-        prior) and become approved; everything is propagated from them through the box track.
+        prior) and become approved, except a frame approved last time whose mask already satisfies its strokes (kept,
+        as the classical engine does: re-segmenting only drifts); everything is propagated from them.
         progress(fraction, message): called as frames are read."""
         start = time.perf_counter()
         boxes = check_boxes(boxes, video.num_frames)
@@ -273,6 +296,10 @@ class LearnedMaskEngine:
             prior = done.get(f)
             if prior is None and previous is not None:
                 prior = previous.masks.get(f)
+            if prior is not None and f not in (approved or {}) and previous is not None and f in previous.approved \
+                    and satisfies(prior, strokes):
+                done[f] = prior  # nothing new on this frame: re-segmenting would only drift (as the classical engine)
+                continue
             done[f] = self.segmenter.segment(video.frame(f), boxes[f], strokes, prior)
         masks = self.propagator.propagate(video, boxes, done, scribbles)
         meter.done(f"masks for {len(masks)} frames")
