@@ -81,7 +81,8 @@ class MaskState:
 
     predicted: our last answer per frame (the engine's `previous`); approved: the user's corrections, kept while they
     stay in the saved annotation; seen: digests of every recent answer per frame, so a saved copy of an older answer
-    is not mistaken for a correction.
+    is not mistaken for a correction; clicks: the object's clicks so far as [id, page, x %, y %, positive] (Label
+    Studio deletes smart keypoints when the user accepts the suggested masks, so later calls would not send them).
     """
 
     video_key: str
@@ -89,6 +90,7 @@ class MaskState:
     predicted: dict[int, np.ndarray] = field(default_factory=dict)
     approved: dict[int, np.ndarray] = field(default_factory=dict)
     seen: dict[int, list[str]] = field(default_factory=dict)
+    clicks: list[list] = field(default_factory=list)
 
     def remember(self, masks: dict[int, np.ndarray]) -> None:
         """Record a new answer: it becomes `predicted`, and its digests join `seen` (newest first, bounded)."""
@@ -102,7 +104,7 @@ class MaskState:
         return json.dumps({"video_key": self.video_key, "shape": list(self.shape),
                            "predicted": {str(f): _mask_out(m) for f, m in self.predicted.items()},
                            "approved": {str(f): _mask_out(m) for f, m in self.approved.items()},
-                           "seen": {str(f): d for f, d in self.seen.items()}})
+                           "seen": {str(f): d for f, d in self.seen.items()}, "clicks": self.clicks})
 
     @staticmethod
     def from_json(text: str) -> "MaskState":
@@ -110,7 +112,7 @@ class MaskState:
         shape = (int(d["shape"][0]), int(d["shape"][1]))
         return MaskState(d["video_key"], shape, {int(f): _mask_in(m, shape) for f, m in d["predicted"].items()},
                          {int(f): _mask_in(m, shape) for f, m in d["approved"].items()},
-                         {int(f): list(v) for f, v in d["seen"].items()})
+                         {int(f): list(v) for f, v in d["seen"].items()}, [list(c) for c in d.get("clicks", [])])
 
 
 class TrackStore(SQLiteFile):

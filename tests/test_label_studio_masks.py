@@ -179,6 +179,16 @@ def test_click_gives_masks_on_every_frame_from_the_stored_box_track(client, engi
     assert isinstance(second["previous"], MaskResult) and sorted(second["previous"].masks) == list(range(N))
 
 
+def test_clicks_are_remembered_after_label_studio_drops_them(client, engines):
+    """Accepting suggested masks deletes the smart keypoints in Label Studio: the next click comes alone."""
+    predict(client, task(), [region()])
+    predict(client, task(), [click(3, x=50, y=25)])
+    predict(client, task(), [click(8, x=10, y=10, positive=False)])
+    assert [(s.frame, s.positive) for s in engines[1].calls[-1]["scribbles"]] == [(3, True), (8, False)]
+    predict(client, task(), [click(8, x=10, y=10, positive=False)])  # the same click again: not doubled
+    assert len(engines[1].calls[-1]["scribbles"]) == 2
+
+
 def test_saved_brush_edits_are_corrections_and_unchanged_answers_are_not(client, engines):
     predict(client, task(), [region()])
     first = predict(client, task(), [click(3)])
@@ -283,10 +293,10 @@ def test_corrections_tell_old_answers_from_edits():
 
 
 def test_mask_state_round_trips_through_json():
-    state = MaskState("v", (H, W), approved={4: box_mask((1, 2, 3, 4))})
+    state = MaskState("v", (H, W), approved={4: box_mask((1, 2, 3, 4))}, clicks=[["k1", 3, 50.0, 25.0, True]])
     state.remember({0: box_mask(BOX_PX), 4: box_mask((1, 2, 3, 4))})
     back = MaskState.from_json(state.to_json())
-    assert back.video_key == "v" and back.shape == (H, W) and back.seen == state.seen
+    assert back.video_key == "v" and back.shape == (H, W) and back.seen == state.seen and back.clicks == state.clicks
     assert all(np.array_equal(back.predicted[f], state.predicted[f]) for f in (0, 4))
     assert np.array_equal(back.approved[4], state.approved[4]) and back.seen[0] == [mask_digest(state.predicted[0])]
 

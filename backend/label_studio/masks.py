@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,16 @@ def _render(region: Mapping, opened: OpenedVideo) -> np.ndarray:
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", label)
+
+
+def remembered_clicks(state: MaskState | None, label: str, found: Iterable[Click]) -> list[Click]:
+    """The object's clicks: those of earlier calls (kept in its state) and those found now, each id once.
+    Label Studio deletes the smart keypoints when the user accepts the suggested masks; forgetting them would drop
+    the frames they fixed from the next answer's start frames."""
+    by_id = {str(c[0]): Click(str(c[0]), label, int(c[1]), float(c[2]), float(c[3]), bool(c[4]))
+             for c in (state.clicks if state is not None else [])}
+    by_id.update({c.id: c for c in found if c.label == label})
+    return list(by_id.values())
 
 
 class MaskPredictor:
@@ -130,7 +140,8 @@ class MaskPredictor:
                 out += retracked
                 state = self._state(project, str(task["id"]), label, opened)
                 approved = corrections(self._by_frame(saved_by_label.get(label, {}), frames, opened), state)
-                scribbles = self._scribbles([c for c in clicks.values() if c.label == label], frames, opened)
+                object_clicks = remembered_clicks(state, label, clicks.values())
+                scribbles = self._scribbles(object_clicks, frames, opened)
                 if long:
                     focus = [s.frame for s in self._scribbles([c for c in clicks_in(context, config) if c.label == label],
                                                               frames, opened)] or sorted(approved) or _boxed(boxes)[:1]
@@ -141,7 +152,8 @@ class MaskPredictor:
                     masks = self._propagate(project, label, opened, boxes, scribbles, approved, state,
                                             scaled(progress, i / len(labels), (i + 1) / len(labels)))
                 kept = {**state.predicted, **masks} if long and state is not None else masks
-                self.store.put_masks(project, str(task["id"]), label, self._next_state(opened, state, approved, kept))
+                self.store.put_masks(project, str(task["id"]), label,
+                                     self._next_state(opened, state, approved, kept, object_clicks))
                 out += self._results(label, masks, frames, opened)
                 coverage.append(self._coverage(masks, boxes, masks if long else None))
         score = round(float(np.mean(coverage)), 4) if coverage else 0.0
@@ -209,9 +221,10 @@ class MaskPredictor:
                                     and all(same_mask(m, state.approved[f]) for f, m in approved.items())):
                     continue  # nothing the user changed since our last answer
                 _, boxes = self._boxes(project, task_id, label, [], stored, opened)
-                scribbles = self._scribbles([c for c in clicks if c.label == label], frames, opened)
+                object_clicks = remembered_clicks(state, label, clicks)
+                scribbles = self._scribbles(object_clicks, frames, opened)
                 masks = self._propagate(project, label, opened, boxes, scribbles, approved, state, progress)
-                states[label] = self._next_state(opened, state, approved, masks)
+                states[label] = self._next_state(opened, state, approved, masks, object_clicks)
                 new_results += self._results(label, masks, frames, opened)
                 coverage.append(self._coverage(masks, boxes))
         if not states:
@@ -317,9 +330,10 @@ class MaskPredictor:
 
     @staticmethod
     def _next_state(opened: OpenedVideo, state: MaskState | None, approved: dict[int, np.ndarray],
-                    masks: dict[int, np.ndarray]) -> MaskState:
+                    masks: dict[int, np.ndarray], clicks: list[Click]) -> MaskState:
         new = MaskState(opened.key, (opened.video.height, opened.video.width), approved=dict(approved),
-                        seen=dict(state.seen) if state is not None else {})
+                        seen=dict(state.seen) if state is not None else {},
+                        clicks=[[c.id, c.item, c.x, c.y, c.positive] for c in clicks])
         new.remember(masks)
         return new
 
