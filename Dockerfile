@@ -35,6 +35,13 @@ RUN python -m pip install --no-cache-dir ".[learned,redis]" \
 assert resources.files('scribblebox.config').joinpath('defaults.yaml').is_file(), 'config YAML missing'; \
 print('torch', torch.__version__, 'CUDA build', torch.version.cuda, '| opencv', cv2.__version__, '| av', av.__version__)"
 
+# Optional SAM2 engine (masks.engine sam2): a source-only package, installed without deps so the image's torch
+# stays; no weights (mount your checkpoint, docs/deploy.md).
+ARG WITH_SAM2=0
+RUN if [ "$WITH_SAM2" = 1 ]; then python -m pip install --no-cache-dir hydra-core iopath \
+ && SAM2_BUILD_CUDA=0 python -m pip install --no-cache-dir --no-build-isolation --no-deps sam2==1.1.0 \
+ && python -c "import sam2; print('sam2 ok')"; fi
+
 # State (SQLite WAL) and the media cache live in /data; the server runs as an unprivileged user.
 RUN useradd --create-home --uid 10001 --user-group scribblebox \
  && mkdir -p /data && chown scribblebox:scribblebox /data

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 9090
 
-.PHONY: setup serve demo test ls-venv browser redis bench-track clean
+.PHONY: setup serve demo test ls-venv browser redis sam2 bench-track clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,10 @@ browser: setup  ## Debian's Chromium + Playwright, for the browser end-to-end te
 redis:  ## Debian's redis-server, for the Redis/RQ tests
 	bash scripts/install-redis.sh
 
-test: setup ls-venv browser redis
+sam2: setup  ## SAM2 (sam2 1.1.0, CPU build, no weights) for the optional masks.engine sam2 and its tests
+	bash scripts/install-sam2.sh
+
+test: setup ls-venv browser redis sam2
 	$(PY) -m pytest -q
 
 bench-track: setup

@@ -27,7 +27,7 @@ from .window import CountingVideo
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("classical", "learned")
+ENGINES = ("classical", "learned", "sam2")
 SHIPPED_CHECKPOINT = "weights/scribblebox-small.pt"  # in this package: trained here, see weights/MODEL_CARD.md
 
 
@@ -62,6 +62,10 @@ class MaskEngine:
             from .networks.learned_engine import LearnedMaskEngine  # torch is only imported for this engine
 
             return LearnedMaskEngine.from_checkpoint(path, masks.device, masks.scribble_window)
+        if masks.engine == "sam2":
+            from .sam2_engine import Sam2MaskEngine  # torch and sam2 are only imported for this engine
+
+            return Sam2MaskEngine.from_settings(masks)
         if masks.engine not in ENGINES:
             raise ValueError(f"unknown mask engine {masks.engine!r}; known: {list(ENGINES)} (set masks.engine)")
         if masks.work_size < 32:

@@ -30,6 +30,8 @@ class MaskSettings:
     scribble_window: int = 10
     checkpoint: str | None = None
     device: str = "auto"
+    sam2_checkpoint: str | None = None  # engine "sam2": a SAM2 checkpoint file you supply ("random": tests only)
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"  # engine "sam2": the sam2 package config it matches
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ ENV_OVERRIDES = {
     "SCRIBBLEBOX_MASK_ENGINE": ("masks", "engine"),
     "SCRIBBLEBOX_MASK_CHECKPOINT": ("masks", "checkpoint"),
     "SCRIBBLEBOX_DEVICE": ("masks", "device"),
+    "SCRIBBLEBOX_SAM2_CHECKPOINT": ("masks", "sam2_checkpoint"),
+    "SCRIBBLEBOX_SAM2_CONFIG": ("masks", "sam2_config"),
     "SCRIBBLEBOX_JOB_LEASE_S": ("server", "job_lease_s"),
     "SCRIBBLEBOX_PREDICT_DEADLINE_S": ("server", "predict_deadline_s"),
 }

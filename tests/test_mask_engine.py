@@ -91,7 +91,7 @@ def test_frames_without_a_box_get_no_mask(engine, scene, video) -> None:
 
 def test_bad_inputs_say_what_to_do(engine, scene, video) -> None:
     with pytest.raises(ValueError, match="unknown mask engine"):
-        MaskEngine.from_settings(MaskSettings(engine="sam2"))
+        MaskEngine.from_settings(MaskSettings(engine="nope"))
     with pytest.raises(ValueError, match="num_frames"):
         engine.run(video, scene.boxes[:5], [])
     boxes = scene.boxes.copy()
