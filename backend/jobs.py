@@ -51,6 +51,11 @@ def _public(row: sqlite3.Row) -> dict:
     return {k: row[k] for k in row.keys() if k not in ("payload", "claim")}
 
 
+def backoff_delay(attempts: int, backoff_s: float, max_backoff_s: float) -> float:
+    """Seconds before the next try of a job that failed its `attempts`-th try: doubling from backoff_s, capped."""
+    return min(max_backoff_s, backoff_s * 2 ** max(attempts - 1, 0))
+
+
 class GiveUp(Exception):
     """Raised by a handler when the job cannot succeed as it is (bad input): recorded as failed, not retried
     until a new enqueue for the same task."""
@@ -141,7 +146,7 @@ class JobQueue(SQLiteFile):
     def fail(self, job: Job, error: str, permanent: bool = False) -> float:
         """Record the error; retry after a backoff (or at once for a newer payload). Returns the delay in seconds."""
         now = self.clock()
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** max(job.attempts - 1, 0))
+        delay = backoff_delay(job.attempts, self.backoff_s, self.max_backoff_s)
         with self._write() as db:
             row = db.execute(f"SELECT generation FROM background_jobs WHERE {WHERE} AND claim=?",
                              (*_ids(job), job.claim)).fetchone()

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from .jobs import Job
+from .jobs import Job, backoff_delay
 from .redis_state import DEFAULT_PREFIX, key_part
 
 INTS, FLOATS = ("generation", "attempts"), ("next_run", "claimed_at", "updated", "progress")
@@ -176,7 +176,7 @@ class RedisJobRecords:
 
     def fail(self, job: Job, error: str, permanent: bool = False) -> float:
         """Record the error; due again after a backoff (at once for a newer payload). Returns the delay in seconds."""
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** max(job.attempts - 1, 0))
+        delay = backoff_delay(job.attempts, self.backoff_s, self.max_backoff_s)
         got = self._run("fail", self._job_key(job), job.claim, job.generation, job.attempts, error[:2000],
                         "1" if permanent else "0", delay)
         return 0.0 if got is None else float(got)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,12 +32,13 @@ CREATE TABLE IF NOT EXISTS mask_objects (
 DIGESTS_KEPT = 8  # per frame: enough of our past answers to recognise one the user saved without touching it
 
 
-def _kf_out(k: Keyframe) -> list:
-    return [k.frame, list(k.box), k.enabled]
+def keyframes_out(keyframes: Sequence[Keyframe]) -> list[list]:
+    """Keyframes as JSON-ready [frame, box, enabled] lists (region state, job payloads)."""
+    return [[k.frame, list(k.box), k.enabled] for k in keyframes]
 
 
-def _kf_in(v: list) -> Keyframe:
-    return Keyframe.of(v[0], v[1], v[2])
+def keyframes_in(items: Sequence) -> list[Keyframe]:
+    return [Keyframe.of(frame, box, enabled) for frame, box, enabled in items]
 
 
 @dataclass
@@ -50,13 +52,13 @@ class RegionState:
     label: str | None = None  # the region's label: masks find their object's box track by it
 
     def to_json(self) -> str:
-        return json.dumps({"video_key": self.video_key, "anchors": [_kf_out(k) for k in self.anchors],
-                           "answered": [_kf_out(k) for k in self.answered], "result": self.result, "label": self.label})
+        return json.dumps({"video_key": self.video_key, "anchors": keyframes_out(self.anchors),
+                           "answered": keyframes_out(self.answered), "result": self.result, "label": self.label})
 
     @staticmethod
     def from_json(text: str) -> "RegionState":
         d = json.loads(text)
-        return RegionState(d["video_key"], [_kf_in(v) for v in d["anchors"]], [_kf_in(v) for v in d["answered"]], d["result"],
+        return RegionState(d["video_key"], keyframes_in(d["anchors"]), keyframes_in(d["answered"]), d["result"],
                            d.get("label"))
 
 

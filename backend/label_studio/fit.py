@@ -30,7 +30,7 @@ from ..jobs import GiveUp, Job, Progress
 from .config import LabelConfig
 from .masks import frame_list, saved_masks
 from .models_registry import CHECKPOINT_NAME, ModelRegistry
-from .predict import Predictor, project_key, region_label
+from .predict import Predictor, newest_item, project_key, region_label
 from .regions import REGION_TYPE
 
 if TYPE_CHECKING:  # torch: imported only by processes that train
@@ -65,13 +65,10 @@ def train_payload(body: Mapping) -> tuple[str, dict]:
 
 def newest_annotation(task: Mapping) -> list | None:
     """The result of the task's newest non-cancelled annotation (what the annotator submitted), or None."""
-    items = [a for a in (task.get("annotations") or []) if isinstance(a, Mapping) and not a.get("was_cancelled")
-             and isinstance(a.get("result"), list)]
-    if not items:
-        return None
-    newest = max(items, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""),
-                                       a.get("id") if isinstance(a.get("id"), int) else 0))
-    return list(newest["result"])
+    annotations = task.get("annotations")
+    chosen = newest_item([a for a in (annotations if isinstance(annotations, list) else [])
+                          if isinstance(a, Mapping) and isinstance(a.get("result"), list)])
+    return list(chosen["result"]) if chosen is not None else None
 
 
 def mask_keys(result: list, image: str) -> list[tuple[str, int]]:

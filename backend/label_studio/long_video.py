@@ -25,6 +25,7 @@ from ...models.track import Keyframe
 from ...models.window import FrameWindow, WindowClosed
 from ..errors import BadRequest
 from ..jobs import GiveUp, Job
+from ..state import keyframes_in, keyframes_out
 from .regions import REGION_TYPE
 
 logger = logging.getLogger(__name__)
@@ -80,14 +81,6 @@ def window_around(frames: Sequence[int], num_frames: int, size: int) -> tuple[in
     centre = (lo + hi) // 2 if hi - lo < size else frames[-1]
     start = min(max(centre - size // 2, 0), num_frames - size)
     return start, start + size
-
-
-def keyframes_out(keyframes: Sequence[Keyframe]) -> list:
-    return [[k.frame, list(k.box), k.enabled] for k in keyframes]
-
-
-def keyframes_in(items: Sequence) -> list[Keyframe]:
-    return [Keyframe.of(f, box, enabled) for f, box, enabled in items]
 
 
 @dataclass

@@ -323,18 +323,20 @@ class Predictor:
             return []
 
 
+def newest_item(items: Any) -> Mapping | None:
+    """The most recently updated non-cancelled annotation (or draft) of a list, or None."""
+    items = [i for i in (items if isinstance(items, list) else []) if isinstance(i, Mapping) and not i.get("was_cancelled")]
+
+    def order(i: Mapping) -> tuple[str, float]:  # ids of mixed types must not make max() raise
+        number = i.get("id") if isinstance(i.get("id"), (int, float)) else 0
+        return str(i.get("updated_at") or i.get("created_at") or ""), number
+
+    return max(items, key=order, default=None)
+
+
 def _latest_result(task: Mapping) -> list:
     """Result of the newest non-cancelled annotation, else of the newest draft, else []."""
-    def newest(items: Any) -> Mapping | None:
-        items = [i for i in (items if isinstance(items, list) else []) if isinstance(i, Mapping) and not i.get("was_cancelled")]
-
-        def order(i: Mapping) -> tuple[str, float]:  # ids of mixed types must not make max() raise
-            number = i.get("id") if isinstance(i.get("id"), (int, float)) else 0
-            return str(i.get("updated_at") or i.get("created_at") or ""), number
-
-        return max(items, key=order, default=None)
-
-    chosen = newest(task.get("annotations")) or newest(task.get("drafts"))
+    chosen = newest_item(task.get("annotations")) or newest_item(task.get("drafts"))
     result = chosen.get("result") if chosen else None
     return list(result) if isinstance(result, list) else []
 
