@@ -3,7 +3,7 @@ cases), versioned atomic checkpoints, the per-project model registry, and the ``
 real HTTP stand-in for Label Studio (paginated /api/tasks, brush RLE, a real video file)."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +47,7 @@ from scribblebox.training.finetune import (
     fit_step,
     split,
 )
+from stub_http import StubHandler
 
 TINY = NetConfig(name="tiny", stem=8, widths=(8, 16, 24), blocks=(1, 1, 1), decoder=(16, 16, 8), gc_kernel=3,
                  embedding=8)
@@ -210,7 +211,7 @@ def ls_task(task_id: int, group: int, items: list[int]) -> dict:
             "drafts": [], "predictions": []}
 
 
-class LabelStudio(BaseHTTPRequestHandler):
+class LabelStudio(StubHandler):
     """Projects 1 (two tasks with masks, one without annotations) and 2 (two masks); pages of 2 tasks."""
 
     tasks: ClassVar[dict[str, list[dict]]] = {"1": [ls_task(1, 0, [0, 1, 2, 3, 4, 5, 6]), ls_task(2, 1, [1, 2, 3, 5, 6]),
@@ -235,16 +236,6 @@ class LabelStudio(BaseHTTPRequestHandler):
         if parts.path in self.videos:
             return self.reply(200, self.videos[parts.path], "video/mp4")
         return self.reply(404, b"{}")
-
-    def reply(self, status: int, data: bytes, kind: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import requests
 from scribblebox.backend.label_studio.brush import decode_mask, encode_mask
 from scribblebox.backend.state import TrackStore
 from scribblebox.models.synthetic import make_moving_box_video
+from stub_http import StubHandler
 
 CONFIG = resources.files("scribblebox.config").joinpath("label_studio/video_masks.xml").read_text()
 W, H, N, FPS = 160, 120, 20, 25
@@ -39,7 +40,7 @@ DEADLINE_S = 60.0
 LEASE_S = 3
 
 
-class StubLabelStudio(BaseHTTPRequestHandler):
+class StubLabelStudio(StubHandler):
     """GET /api/tasks/7 -> the task; POST /api/predictions -> recorded in `posts`; the first one is held until
     `release` (its sender is killed meanwhile), the others are answered 201 and also recorded in `answered`."""
 
@@ -49,26 +50,15 @@ class StubLabelStudio(BaseHTTPRequestHandler):
     held = threading.Event()
     release = threading.Event()
 
-    def log_message(self, *args) -> None:  # keep pytest's output clean
-        pass
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.path.rstrip("/") == f"/api/tasks/{TASK}":
-            self._send(200, self.task)
+            self.reply(200, self.task)
         else:
-            self._send(404, {"detail": "not found"})
+            self.reply(404, {"detail": "not found"})
 
     def do_POST(self) -> None:
         if self.path.rstrip("/") != "/api/predictions":
-            self._send(404, {"detail": "not found"})
+            self.reply(404, {"detail": "not found"})
             return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.posts.append(body)
@@ -77,7 +67,7 @@ class StubLabelStudio(BaseHTTPRequestHandler):
             self.held.set()
             self.release.wait(DEADLINE_S)  # the worker that sent it is killed meanwhile
         try:
-            self._send(201, {"id": len(self.posts), "task": body.get("task")})
+            self.reply(201, {"id": len(self.posts), "task": body.get("task")})
         except OSError:  # the killed worker's connection is gone
             return
         if not first:  # the held answer never reaches anyone, even when the write to the dead socket succeeds

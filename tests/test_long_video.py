@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 
 import cv2
@@ -27,6 +27,7 @@ from scribblebox.models.track import Keyframe, render_keyframes
 from scribblebox.models.video import ArrayVideo, FrameIndexError
 from scribblebox.models.window import CountingVideo, FrameWindow, WindowClosed
 from scribblebox.settings import MaskSettings, ServerSettings, Settings, TrackingSettings, load_settings
+from stub_http import StubHandler
 
 MASK_CONFIG = resources.files("scribblebox.config").joinpath("label_studio/video_masks.xml").read_text()
 VIDEO_URL = "/data/local-files/?d=clips/long.mp4"
@@ -51,31 +52,20 @@ class StubLabelStudio:
         self.posts, self.task = [], {}
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.rstrip("/") == "/api/predictions":
                     stub.posts.append({"auth": self.headers.get("Authorization"), **body})
-                    self._send(201, {"id": len(stub.posts)})
+                    self.reply(201, {"id": len(stub.posts)})
                 else:
-                    self._send(404, {})
+                    self.reply(404, {})
 
             def do_GET(self):
                 if self.path.rstrip("/") == f"/api/tasks/{stub.task.get('id')}":
-                    self._send(200, stub.task)
+                    self.reply(200, stub.task)
                 else:
-                    self._send(404, {})
-
-            def _send(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
+                    self.reply(404, {})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -1,19 +1,20 @@
 """Media resolution against a stand-in Label Studio on 127.0.0.1: both token kinds, caching, size limit, SSRF refusals."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from scribblebox.backend.errors import BadRequest
 from scribblebox.backend.media import LabelStudioSession, MediaResolver
+from stub_http import StubHandler
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
 VIDEO = bytes(range(256)) * 64
 
 
-class FakeLabelStudio(BaseHTTPRequestHandler):
+class FakeLabelStudio(StubHandler):
     """Serves /data/upload/... to `Token LEGACY` or `Bearer <current access>`; /api/token/refresh/ swaps PAT for access."""
 
     access = "access-1"
@@ -21,37 +22,27 @@ class FakeLabelStudio(BaseHTTPRequestHandler):
     downloads = 0
     files = {"/data/upload/1/clip.mp4": VIDEO, "/data/upload/1/big.mp4": b"x" * (1024 * 1024 + 10)}
 
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/api/token/refresh/" and body.get("refresh") == PAT:
             type(self).refreshes += 1
-            self._send(200, json.dumps({"access": type(self).access}).encode())
+            self.reply(200, json.dumps({"access": type(self).access}).encode())
         else:
-            self._send(401, b'{"detail":"bad refresh"}')
+            self.reply(401, b'{"detail":"bad refresh"}')
 
     def do_GET(self):
         auth = self.headers.get("Authorization")
         if auth not in (f"Token {LEGACY}", f"Bearer {type(self).access}"):
-            return self._send(401, b'{"detail":"Authentication credentials were not provided."}')
+            return self.reply(401, b'{"detail":"Authentication credentials were not provided."}')
         path = self.path.split("?")[0]
         if path == "/data/local-files/":
             path = "/data/upload/1/clip.mp4"
         if path.startswith("/api/tasks/"):
-            return self._send(200, json.dumps({"id": 5, "data": {"video": "/data/upload/1/clip.mp4"}, "annotations": []}).encode())
+            return self.reply(200, json.dumps({"id": 5, "data": {"video": "/data/upload/1/clip.mp4"}, "annotations": []}).encode())
         if path not in self.files:
-            return self._send(404, b'{"detail":"not found"}')
+            return self.reply(404, b'{"detail":"not found"}')
         type(self).downloads += 1
-        self._send(200, self.files[path], "video/mp4")
+        self.reply(200, self.files[path], "video/mp4")
 
 
 class QuietServer(ThreadingHTTPServer):

@@ -8,17 +8,17 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from scribblebox.backend.label_studio.masks import MaskPredictor
-from scribblebox.backend.media import LabelStudioSession
 from scribblebox.backend.server import create_app
 from scribblebox.models.geometry import iou
 from scribblebox.models.synthetic import make_moving_box_video, make_vfr_video
 from scribblebox.settings import ServerSettings, Settings
+from stub_http import StubHandler
 
 CONFIG = """<View>
   <Video name="video" value="$video" frameRate="$fps"/>
@@ -134,21 +134,15 @@ def test_frame_beyond_the_video_is_422(client, media):
 
 
 # ---- Label Studio unreachable when a mask job posts ----------------------------------------------------------------
-class Predictions(BaseHTTPRequestHandler):
+class Predictions(StubHandler):
     posts: list = []
-
-    def log_message(self, *args):
-        pass
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         ok = self.path == "/api/predictions" and self.headers.get("Authorization") == f"Token {LEGACY}"
         if ok:
             type(self).posts.append(body)
-        self.send_response(201 if ok else 401)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
+        self.reply(201 if ok else 401, {})
 
 
 def test_label_studio_down_when_a_job_posts_is_retried_with_backoff(tmp_path, monkeypatch):
