@@ -41,6 +41,7 @@ CREATE INDEX IF NOT EXISTS background_jobs_due ON background_jobs (status, next_
 
 
 WHERE = "kind=? AND project=? AND key=?"
+PROGRESS_EVERY_S = 0.5  # a running job's progress is stored at most this often
 
 
 def _ids(job: Job) -> tuple[str, str, str]:
@@ -216,14 +217,18 @@ class JobWorker:
             self._thread.join(timeout)
 
     def reporter(self, job: Job) -> Progress:
-        """The job's progress callback: stored on every call, logged when it passes another 10 %."""
-        logged = [-1]
+        """The job's progress callback: stored at most every `PROGRESS_EVERY_S` (each store is a database write,
+        engines report every frame) and always at 1.0; logged when it passes another 10 %."""
+        logged, stored = [-1], [-float("inf")]
 
         def report(fraction: float, message: str = "") -> None:
-            try:
-                self.queue.progress(job, fraction, message)
-            except Exception:  # progress is best effort: a busy database must not fail the job
-                logger.warning("job %s: cannot record progress", job.name, exc_info=True)
+            now = time.monotonic()
+            if fraction >= 1.0 or now - stored[0] >= PROGRESS_EVERY_S:
+                stored[0] = now
+                try:
+                    self.queue.progress(job, fraction, message)
+                except Exception:  # progress is best effort: a busy database must not fail the job
+                    logger.warning("job %s: cannot record progress", job.name, exc_info=True)
             step = int(min(max(fraction, 0.0), 1.0) * 10)
             if step > logged[0]:
                 logged[0] = step

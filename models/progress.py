@@ -1,13 +1,12 @@
 """Progress of long engine runs: a share done (0..1) and what is being done, for job rows, logs and CLI bars.
 
 Engines take an optional ``progress(fraction, message)`` callback. `Meter` turns counted work (frames read,
-segments done) into calls to it that never go backwards, come at most every `step` (a job writes each one to
-SQLite), and reach 1.0 only when the run is done.
+segments done) into calls to it that never go backwards, come at most every `step` of the share (a job stores
+them at most every 0.5 s), and reach 1.0 only when the run is done.
 """
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 Progress = Callable[[float, str], None]
@@ -62,19 +61,5 @@ def scaled(progress: Progress | None, start: float, stop: float) -> Progress | N
 
     def report(fraction: float, message: str = "") -> None:
         progress(start + (stop - start) * min(max(fraction, 0.0), 1.0), message)
-
-    return report
-
-
-def throttled(progress: Progress, seconds: float, clock: Callable[[], float] = time.monotonic) -> Progress:
-    """`progress` called at most every `seconds` (a job stores each call): the first call, then the latest after
-    each interval; 1.0 always passes."""
-    last = [-float("inf")]
-
-    def report(fraction: float, message: str = "") -> None:
-        now = clock()
-        if fraction >= 1.0 or now - last[0] >= seconds:
-            last[0] = now
-            progress(fraction, message)
 
     return report

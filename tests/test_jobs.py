@@ -207,9 +207,13 @@ def test_worker_reports_progress_and_logs_every_tenth(tmp_path, caplog):
         seen.append(queue.get(job.project, job.key, job.kind)["progress"])
 
     queue.enqueue("1", "7", {}, kind="complete")
+    writes = []
+    store = queue.progress
+    queue.progress = lambda job, fraction, message="": (writes.append(fraction), store(job, fraction, message))
     caplog.set_level("INFO")
     assert JobWorker(queue, handler).run_once()
     assert seen == [1.0]
+    assert writes[0] == 0.0 and writes[-1] == 1.0 and len(writes) < 10, "stored at most every 0.5 s, and at 1.0"
     assert sum("job complete 1/7:" in r.getMessage() for r in caplog.records) == 11
 
 

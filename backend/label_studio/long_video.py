@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ...models.masks import MaskResult, Scribble
-from ...models.progress import Progress, scaled, throttled
+from ...models.progress import Progress, scaled
 from ...models.track import Keyframe
 from ...models.window import FrameWindow, WindowClosed
 from ..errors import BadRequest
@@ -31,7 +31,6 @@ from .regions import REGION_TYPE
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 JOB_KIND = "complete"
-PROGRESS_EVERY_S = 0.5  # each progress report is a write to the jobs table
 POSTED_AT = 0.95  # the job's progress once everything is computed; 1.0 once Label Studio has the prediction
 
 
@@ -194,7 +193,7 @@ def finish(work: LongWork, item: Any, enqueue: Callable[..., int] | None, can_po
 def complete_job(predictor: Any, job: Job, progress: Progress) -> dict:
     """The ``complete`` job: every region over the whole video from the call's anchors, masks on every frame;
     the full results become the task's state and are posted as one prediction. Returns the posted item."""
-    payload, progress = job.payload, throttled(progress, PROGRESS_EVERY_S)
+    payload = job.payload
     if predictor.media.session is None or predictor.masks is None:
         raise GiveUp("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so the backend can post predictions")
     try:
