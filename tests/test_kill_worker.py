@@ -53,6 +53,8 @@ class StubLabelStudio(StubHandler):
     def do_GET(self) -> None:
         if self.path.rstrip("/") == f"/api/tasks/{TASK}":
             self.reply(200, self.task)
+        elif self.path == f"/api/predictions?task={TASK}":  # what Label Studio stored: the held post never was
+            self.reply(200, self.answered)
         else:
             self.reply(404, {"detail": "not found"})
 

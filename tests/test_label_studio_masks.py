@@ -1,6 +1,7 @@
 """The Label Studio mask workflow with LS 1.23.2 payload shapes: clicks -> masks on every frame, saved corrections,
 webhook jobs that post predictions. Stand-in box and mask engines, a stand-in video and a stand-in Label Studio."""
 import copy
+import json
 import time
 from importlib import resources
 
@@ -75,6 +76,9 @@ class Response:
     def __init__(self, status, text="{}"):
         self.status_code, self.text = status, text
 
+    def json(self):
+        return json.loads(self.text)
+
 
 class FakeLabelStudio:
     """The session the backend uses for Label Studio: records posted predictions; `fail` answers 500 that many times."""
@@ -95,6 +99,11 @@ class FakeLabelStudio:
             return Response(500, "server error")
         self.posts.append((url, json))
         return Response(201)
+
+    def get(self, url, stream=False):
+        """GET api/predictions?task=N: the predictions posted so far (as Label Studio lists them)."""
+        task = int(url.rsplit("task=", 1)[1])
+        return Response(200, json.dumps([body for _, body in self.posts if body["task"] == task]))
 
 
 def region(rid="box1", frame=1, label="Person", enabled=True):
@@ -348,6 +357,12 @@ def test_webhook_correction_is_repropagated_in_the_background_and_posted(app, cl
     time.sleep(0.05)
     assert wait_for_job(app)["status"] == "done" and len(ls.posts) == 1
     assert client.get("/metrics").json["jobs"] == {"done": 1}
+    # A retried job whose first worker died after Label Studio stored the prediction: not posted twice ...
+    masks = app.extensions["scribblebox"].predictor.masks
+    masks.post(7, posted)
+    assert len(ls.posts) == 1
+    masks.post(7, {**posted, "score": 0.5, "result": posted["result"][:-1]})  # ... while a new one is
+    assert len(ls.posts) == 2
 
 
 def test_webhook_job_without_a_box_track_gives_up_and_the_server_lives(app, client):

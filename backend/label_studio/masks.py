@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import requests
 
 from ...models.masks import MaskResult, Scribble
 from ...models.progress import Progress, scaled
@@ -31,12 +30,12 @@ from .brush import brush_result
 from .config import LabelConfig
 from .long_video import LongWork
 from .mask_inputs import Click, FrameList, clicks_in, corrections, frame_list, newest_result, same_mask, saved_masks
+from .posting import post_prediction
 from .predict import OpenedVideo, Predictor, project_key, region_label
 from .regions import REGION_TYPE, region_keyframes
 
 logger = logging.getLogger(__name__)
 CLICK_RADIUS_PX = 4.0
-POST_TIMEOUT_S = (5, 60)
 
 
 def _keyframes(region: Mapping, opened: OpenedVideo) -> list:
@@ -236,21 +235,8 @@ class MaskPredictor:
         return item, states
 
     def post(self, task_id: int, item: Mapping) -> None:
-        """POST /api/predictions with the backend's Label Studio key; RuntimeError (retried by the job) on failure."""
-        session = self.boxes.media.session
-        if session is None:
-            raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so the backend can post predictions")
-        body = {"task": task_id, "result": item["result"], "model_version": item["model_version"], "score": item["score"]}
-        url = session.url + "api/predictions"
-        try:
-            resp = session.http.post(url, json=body, headers=session._headers(), timeout=POST_TIMEOUT_S)
-            if resp.status_code == 401 and session.uses_pat:
-                resp = session.http.post(url, json=body, headers=session._headers(renew=True), timeout=POST_TIMEOUT_S)
-        except requests.RequestException as err:
-            raise RuntimeError(f"cannot reach Label Studio to post the prediction: {err}") from None
-        if resp.status_code not in (200, 201):
-            raise RuntimeError(f"Label Studio answered {resp.status_code} to the prediction: {resp.text[:500]}")
-        logger.info("task %s: posted a prediction with %d results", task_id, len(body["result"]))
+        """The prediction to Label Studio, once (`posting.post_prediction`); RuntimeError (retried by the job) on failure."""
+        post_prediction(self.boxes.media.session, task_id, item)
 
     # ---- pieces -----------------------------------------------------------------------------------------------
     def _open(self, config: LabelConfig, data: Mapping, regions: list[dict], labels: list[str]):

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from scribblebox.backend.label_studio.brush import decode_mask, encode_mask
+from scribblebox.backend.label_studio.posting import post_prediction
+from scribblebox.backend.media import LabelStudioSession
 from scribblebox.importer import import_video
 
 from .conftest import Backend, LabelStudio
@@ -189,3 +191,11 @@ def test_saved_correction_is_repropagated_and_posted(setup: Setup, first_masks) 
     changed = [f for f in neighbours if not np.array_equal(after[f], before[f])]
     assert len(changed) >= 2, f"neighbours of frame {CORRECTED} unchanged after the correction: changed {changed}"
     assert any(r.get("type") == "videorectangle" for r in predictions[-1]["result"]), "the box track is kept"
+
+    # A retried job (its worker died after Label Studio stored the prediction) posts the same prediction again:
+    # Label Studio says it already holds it, so the annotator does not get a second copy.
+    session = LabelStudioSession(s.ls.url, s.ls.session.headers["Authorization"].split()[-1])
+    count = len(s.ls.predictions(s.task_id))
+    again = {k: predictions[-1][k] for k in ("result", "model_version", "score")}
+    assert post_prediction(session, s.task_id, again) is False
+    assert len(s.ls.predictions(s.task_id)) == count
