@@ -222,12 +222,14 @@ def correction_zone(inside: np.ndarray, scribbles: Sequence[Scribble], window: W
     return free
 
 
-def keep_outside_zone(labels: np.ndarray, inside: np.ndarray, free: np.ndarray, band: int) -> None:
-    """Outside `free`, the prior becomes hard labels except a band of `band` pixels along its boundary."""
+def keep_outside_zone(labels: np.ndarray, inside: np.ndarray, add: np.ndarray, cut: np.ndarray, band: int) -> None:
+    """The prior becomes hard labels, except a band of `band` pixels along its boundary: its inside where no negative
+    stroke frees it (`cut`), its outside where no positive stroke does (`add`). So a positive stroke only grows the
+    mask and a negative one only shrinks it: fixing a missed leg never drops the correct rider above it."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
     inside8 = inside.astype(np.uint8)
-    labels[~free & (cv2.erode(inside8, kernel) > 0)] = cv2.GC_FGD
-    labels[~free & (cv2.dilate(inside8, kernel) == 0)] = cv2.GC_BGD
+    labels[~cut & (cv2.erode(inside8, kernel) > 0)] = cv2.GC_FGD
+    labels[~add & (cv2.dilate(inside8, kernel) == 0)] = cv2.GC_BGD
 
 
 class GrabCutSegmenter:
@@ -235,8 +237,9 @@ class GrabCutSegmenter:
 
     Without a prior, the box (grown by `box_slack`, since tracked boxes are loose) is probable foreground and the
     rest of the crop background. With a prior (the current mask) and strokes, the strokes correct the prior
-    locally: around each stroke the prior is only probable foreground/background, elsewhere it is kept up to a
-    narrow band, so fixing one region does not disturb the rest. User strokes are hard labels; `soft` strokes
+    locally: around a positive stroke the prior's outside is only probable background (the mask may grow there),
+    around a negative one its inside only probable foreground (it may shrink there); elsewhere the prior is kept up
+    to a narrow band, so fixing one region does not disturb the rest. User strokes are hard labels; `soft` strokes
     (carried from neighbouring frames) only relabel pixels as probable foreground/background, which steers the
     colour models but can be overruled.
     """
@@ -300,9 +303,11 @@ class GrabCutSegmenter:
 
     def _keep_prior(self, labels: np.ndarray, inside: np.ndarray, scribbles: Sequence[Scribble],
                     window: Window) -> None:
-        """A correction changes the mask near its strokes only; elsewhere the prior is kept up to a narrow band."""
-        free = correction_zone(inside, scribbles, window, self.local, self.reach)
-        keep_outside_zone(labels, inside, free, max(round(self.band * max(labels.shape)), 1))
+        """A correction changes the mask near its strokes only, and only in the stroke's direction; elsewhere the
+        prior is kept up to a narrow band."""
+        add = correction_zone(inside, [s for s in scribbles if s.positive], window, self.local, self.reach)
+        cut = correction_zone(inside, [s for s in scribbles if not s.positive], window, self.local, self.reach)
+        keep_outside_zone(labels, inside, add, cut, max(round(self.band * max(labels.shape)), 1))
 
     def labels(self, window: Window, box: np.ndarray, scribbles: Sequence[Scribble], prior: np.ndarray | None,
                soft: Sequence[Scribble]) -> np.ndarray:

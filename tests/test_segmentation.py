@@ -83,6 +83,30 @@ def test_a_correction_fixes_the_stroked_regions_and_keeps_the_rest(scene) -> Non
     assert np.count_nonzero(mask & left) > 0.8 * np.count_nonzero(left)
 
 
+def test_a_positive_stroke_only_grows_the_mask_and_a_negative_one_only_shrinks_it(scene) -> None:
+    """Near a positive stroke the prior's inside stays sure foreground (only its outside is freed), near a negative
+    one its outside stays sure background: fixing a missed leg must not let GrabCut drop the rider above it."""
+    import cv2
+
+    frame, box = scene.render(0), scene.boxes[0]
+    x, y, w, h = box
+    prior = box_mask(box)
+    prior[int(y + h - 25):int(y + h), :] = False  # the bottom strip missed
+    positive = Scribble(0, np.array([[x + 10, y + h - 12], [x + w - 10, y + h - 12]]), True, 3.0)
+    negative = Scribble(0, np.array([[x + 20, y + 20], [x + w - 20, y + 20]]), False, 3.0)
+    seg = GrabCutSegmenter()
+    window = window_for([box], SIZE[0], SIZE[1], seg.work_size, seg.margin)
+    inside = window.take(prior) > 0.5
+    core = cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # the prior's inside, off its band
+    rim = cv2.dilate(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0  # its outside, off its band
+    grow = seg.labels(window, box, [positive], prior, ())
+    assert np.all(grow[core] == cv2.GC_FGD)  # nothing inside may go ...
+    assert np.any(grow[rim] == cv2.GC_PR_BGD)  # ... while the outside near the stroke is free to join
+    shrink = seg.labels(window, box, [negative], prior, ())
+    assert np.all(shrink[rim] == cv2.GC_BGD)  # nothing outside may join ...
+    assert np.any(shrink[core] == cv2.GC_PR_FGD)  # ... while the inside near the stroke is free to leave
+
+
 def test_enforce_strokes_keeps_touched_pieces_and_drops_specks() -> None:
     mask = np.zeros((60, 80), dtype=bool)
     mask[10:40, 10:40] = True  # the object
