@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scribblebox.evaluation.boxes import CurveVotMethod, simulate
+from scribblebox.evaluation.boxes import CurveVotMethod
 from scribblebox.evaluation.davis import list_sequences, load_sequence
-from scribblebox.evaluation.masks import _Shown, gt_masks, score
+from scribblebox.evaluation.masks import box_stage, gt_masks, score
 from scribblebox.models.mask_engine import MaskEngine
 from scribblebox.settings import load_settings
 
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sequence':<18}{'frames':>7}{'r0':>8}" + "".join(f"{'gt' + str(k):>8}" for k in ks), flush=True)
     for name in names:
         seq = load_sequence(args.root, name, 0)
-        shown = _Shown(CurveVotMethod(settings))
-        simulate(shown, seq.video, seq.gt)
-        boxes, n = shown.last, seq.video.num_frames
+        _, boxes = box_stage(CurveVotMethod(settings), seq.video, seq.gt)
+        n = seq.video.num_frames
         gts = gt_masks(args.root, name, n)
         row = {"sequence": name, "frames": n}
         t0 = time.perf_counter()

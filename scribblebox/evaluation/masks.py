@@ -22,7 +22,7 @@ import numpy as np
 from scribblebox.models.masks import MaskResult, Scribble
 from scribblebox.models.video import FrameFolder, Video
 
-from .boxes import CurveVotMethod, TrackMethod, simulate
+from .boxes import CurveVotMethod, Episode, TrackMethod, simulate
 from .davis import MASK_THRESHOLD, list_sequences, load_sequence
 from .metrics import jf
 from .plot import plot_rounds
@@ -103,6 +103,13 @@ class _Shown:
         return self.method.keyframe_count()
 
 
+def box_stage(box_method: TrackMethod, video: Video, gt: np.ndarray) -> tuple[Episode, np.ndarray]:
+    """The box annotator's episode and the track it accepted (what the mask stage starts from)."""
+    shown = _Shown(box_method)
+    episode = simulate(shown, video, gt)
+    return episode, shown.last
+
+
 def gt_masks(root: str | Path, name: str, num_frames: int) -> list[np.ndarray]:
     """Bool GT masks of the first `num_frames` frames, matched by file stem as `davis.gt_boxes` does."""
     folder = Path(root) / name
@@ -177,11 +184,10 @@ def evaluate_sequence(engine: MaskRunner, box_method: TrackMethod, root: str | P
     if np.all(np.isnan(seq.gt[:, 0])):
         log.warning("%s: every mask is empty; skipped", name)
         return None
-    shown = _Shown(box_method)
-    episode = simulate(shown, seq.video, seq.gt)
+    episode, boxes = box_stage(box_method, seq.video, seq.gt)
     gts = gt_masks(root, name, seq.video.num_frames)
     res = SequenceEval(name, seq.video.num_frames, episode.clicks, episode.iou_final, episode.track_seconds)
-    res.rounds, final = mask_stage(engine, seq.video, shown.last, gts, rounds)
+    res.rounds, final = mask_stage(engine, seq.video, boxes, gts, rounds)
     res.final_frame_jf = [round(float(v), 4) for v in final]
     return res
 
