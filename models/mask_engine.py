@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .masks import MaskResult, Scribble
@@ -28,6 +29,8 @@ from .window import CountingVideo
 log = logging.getLogger(__name__)
 
 ENGINES = ("classical", "learned", "sam2")
+FLOWS = {"medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+         "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST}  # masks.flow -> OpenCV's DIS optical flow preset
 SHIPPED_CHECKPOINT = "weights/scribblebox-small.pt"  # in this package: trained here, see weights/MODEL_CARD.md
 
 
@@ -70,8 +73,10 @@ class MaskEngine:
             raise ValueError(f"unknown mask engine {masks.engine!r}; known: {list(ENGINES)} (set masks.engine)")
         if masks.work_size < 32:
             raise ValueError(f"masks.work_size must be >= 32 pixels, got {masks.work_size}")
+        if masks.flow not in FLOWS:
+            raise ValueError(f"unknown masks.flow {masks.flow!r}; known: {list(FLOWS)}")
         return cls(GrabCutSegmenter(masks.work_size),
-                   FlowPropagator(masks.work_size, scribble_window=masks.scribble_window),
+                   FlowPropagator(masks.work_size, scribble_window=masks.scribble_window, preset=FLOWS[masks.flow]),
                    ScribbleCarrier(masks.scribble_window))
 
     def run(self, video: Video, boxes: np.ndarray, scribbles: Sequence[Scribble],

@@ -65,7 +65,7 @@ class FlowPropagator:
 
     def __init__(self, work_size: int = 256, margin: float = 0.2, scribble_window: int = 10, band: float = 0.008,
                  refine_size: int = 256, iterations: int = 1, clamp: float = 0.15, hard_distance: int = 3,
-                 keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST, workers: int = 2,
+                 keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, workers: int = 2,
                  carry_models: bool = True, weak_weight: float = 0.5, cue_local: float = 0.04,
                  cue_reach: float = 1.5) -> None:
         if not 0 < weak_weight <= 1:

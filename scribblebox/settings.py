@@ -28,6 +28,7 @@ class MaskSettings:
     engine: str = "classical"
     work_size: int = 256
     scribble_window: int = 10
+    flow: str = "medium"  # engine "classical": DIS optical flow preset, medium | fast | ultrafast
     checkpoint: str | None = None
     device: str = "auto"
     sam2_checkpoint: str | None = None  # engine "sam2": a SAM2 checkpoint file you supply ("random": tests only)
@@ -78,6 +79,7 @@ ENV_OVERRIDES = {
     "SCRIBBLEBOX_DATA_DIR": ("server", "data_dir"),
     "SCRIBBLEBOX_MASK_ENGINE": ("masks", "engine"),
     "SCRIBBLEBOX_MASK_CHECKPOINT": ("masks", "checkpoint"),
+    "SCRIBBLEBOX_MASK_FLOW": ("masks", "flow"),
     "SCRIBBLEBOX_DEVICE": ("masks", "device"),
     "SCRIBBLEBOX_SAM2_CHECKPOINT": ("masks", "sam2_checkpoint"),
     "SCRIBBLEBOX_SAM2_CONFIG": ("masks", "sam2_config"),

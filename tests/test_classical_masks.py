@@ -65,3 +65,20 @@ def test_engine_refuses_strokes_without_a_box_and_wrong_sized_masks(scene):
         engine.run(video, boxes, [Scribble(5, np.array([[10.0, 10.0]]), True)])
     with pytest.raises(ValueError, match="video is 320x240"):
         engine.run(video, s.boxes, [], approved={0: np.zeros((10, 10), bool)})
+
+
+def test_flow_quality_is_a_setting_and_a_typo_is_refused(scene):
+    """masks.flow picks OpenCV's DIS preset (config or SCRIBBLEBOX_MASK_FLOW); both presets follow the object."""
+    import cv2
+
+    from scribblebox.settings import load_settings
+
+    assert MaskEngine.from_settings(MaskSettings()).propagator.preset == cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+    fast = load_settings(None, env={"SCRIBBLEBOX_MASK_FLOW": "fast"}).masks
+    engine = MaskEngine.from_settings(fast)
+    assert engine.propagator.preset == cv2.DISOPTICAL_FLOW_PRESET_FAST
+    s, video = scene
+    result = engine.run(video, s.boxes, [], approved={0: box_mask(s.boxes[0], (240, 320))})
+    assert np.mean([jaccard(result.masks[f], box_mask(s.boxes[f], (240, 320))) for f in range(20)]) > 0.75
+    with pytest.raises(ValueError, match="unknown masks.flow 'slow'"):
+        MaskEngine.from_settings(MaskSettings(flow="slow"))
