@@ -146,11 +146,19 @@ def test_box_drawn_in_the_ui_comes_back_as_keyframes(
     sx, sy = video["width"] / clip.width, video["height"] / clip.height
     x, y, w, h = (float(v) for v in clip.gt[0])
     x0, y0, x1, y1 = video["x"] + x * sx, video["y"] + y * sy, video["x"] + (x + w) * sx, video["y"] + (y + h) * sy
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
-    page.mouse.move(x1, y1, steps=5)
-    page.mouse.up()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):  # the drawing layer can miss a drag made right after the first paint: draw again, as a user would
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
+        page.mouse.move(x1, y1, steps=5)
+        page.mouse.up()
+        try:
+            page.wait_for_function(f"() => ({REGIONS_JS})().some(r => r.type === 'videorectangle')", timeout=5000)
+            break
+        except PlaywrightTimeout:
+            continue
     drawn = [r for r in page.evaluate(REGIONS_JS) if r["type"] == "videorectangle"]
     assert len(drawn) == 1 and len(drawn[0]["value"]["sequence"]) == 1, f"drawing made no single box: {drawn}"
     rid = drawn[0]["id"]
