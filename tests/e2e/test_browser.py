@@ -106,6 +106,19 @@ def _credentials(label_studio: LabelStudio) -> tuple[str, str]:
     return username, password
 
 
+def logged_in_page(browser: object, label_studio: LabelStudio, viewport: dict[str, int] = VIEWPORT):
+    """A new browser page of `viewport` size logged in to Label Studio as the fixture's user, UI timeout set."""
+    username, password = _credentials(label_studio)
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(f"{label_studio.url}/user/login")
+    page.fill("input[name=email]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+    return page
+
+
 @pytest.fixture(scope="module")
 def task(label_studio: LabelStudio, backend: Backend, schema: Schema, clip: Clip) -> tuple[int, int]:
     """A project with the shipped video config, one video task and the backend registered as interactive."""
@@ -121,17 +134,9 @@ def test_box_drawn_in_the_ui_comes_back_as_keyframes(
     browser: object, label_studio: LabelStudio, task: tuple[int, int], clip: Clip, schema: Schema
 ) -> None:
     project_id, task_id = task
-    username, password = _credentials(label_studio)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(UI_TIMEOUT_MS)
+    page = logged_in_page(browser, label_studio)
     calls: list[int] = []
     page.on("response", lambda r: calls.append(r.status) if "/interactive-annotating" in r.url else None)
-
-    page.goto(f"{label_studio.url}/user/login")
-    page.fill("input[name=email]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/user/login" not in url)
 
     page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
     page.wait_for_function("() => window.Htx?.annotationStore?.selected")

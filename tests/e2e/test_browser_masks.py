@@ -32,17 +32,14 @@ import pytest
 import requests
 
 from scribblebox.backend.label_studio.brush import decode_mask
-from scribblebox.importer import import_video
 
 from .conftest import Backend, LabelStudio
-from .test_browser import PREDICT_TIMEOUT_MS, UI_TIMEOUT_MS, _credentials, browser  # noqa: F401 (fixture)
-from .test_label_studio_masks import Clip, Names, load_names
+from .test_browser import PREDICT_TIMEOUT_MS, browser, logged_in_page  # noqa: F401 (fixture)
+from .test_label_studio_masks import FPS, Clip, Names, mask_project
 
 pytestmark = pytest.mark.e2e
 
-FPS = 25
 NUM_FRAMES = 24
-VIDEO = {"size": (320, 180), "start": (40, 50, 80, 60), "velocity": (4, 1.0), "gop": 25}
 PAGE = 5  # the frame image the user clicks (0-based page = video frame)
 NEGATIVE_AT = (0.15, 0.15)  # the Alt+click, as a fraction of the object's box: a spot the user says is not the object
 SCREENSHOT = Path(os.environ.get("SCRIBBLEBOX_MASKS_SCREENSHOT") or tempfile.gettempdir() + "/scribblebox-label-studio-masks.png")
@@ -120,18 +117,11 @@ def mask_task(label_studio: LabelStudio, recorder: tuple[str, list[dict]],
               tmp_path_factory: pytest.TempPathFactory) -> MaskTask:
     """A mask project, one imported video task whose saved annotation holds the object's box track (tracked by the
     backend, as after step 1 of the config), and the backend connected with interactive pre-annotation on."""
-    from scribblebox.models.synthetic import make_moving_box_video
-
-    names = load_names()
-    path = tmp_path_factory.mktemp("browser-masks") / "moving-box.mp4"
-    gt = np.asarray(make_moving_box_video(path, num_frames=NUM_FRAMES, fps=FPS, **VIDEO), dtype=np.float64)
-    clip = Clip(path, gt, *VIDEO["size"])
+    names, clip, project_id, task_id, ml = mask_project(label_studio, recorder[0], "ScribbleBox browser masks",
+                                                        tmp_path_factory.mktemp("browser-masks"), NUM_FRAMES)
     ls = label_studio.client()
-    project_id = ls.create_project("ScribbleBox browser masks", names.xml)["id"]
-    task_id = import_video(path, label_studio.url, label_studio.token, project_id)
-    ml = ls.register_ml_backend(project_id, recorder[0])
     assert ml.get("state") == "CO" and ml.get("is_interactive"), f"backend not connected as interactive: {ml}"
-    x, y, w, h = gt[0] * 100 / [clip.width, clip.height, clip.width, clip.height]  # percent of the frame
+    x, y, w, h = clip.gt[0] * 100 / [clip.width, clip.height, clip.width, clip.height]  # percent of the frame
     box = {"id": "object-track", "from_name": names.box, "to_name": names.video, "type": "videorectangle", "origin": "manual",
            "value": {"framesCount": NUM_FRAMES, "duration": NUM_FRAMES / FPS, "labels": [names.label],
                      "sequence": [{"frame": 1, "x": x, "y": y, "width": w, "height": h, "rotation": 0, "enabled": True,
@@ -210,14 +200,7 @@ def _check_click(region: dict, task: MaskTask, xy: tuple[float, float], positive
 
 def test_click_in_the_editor_gives_masks_on_every_frame(browser, label_studio: LabelStudio, mask_task: MaskTask) -> None:  # noqa: F811
     task, names = mask_task, mask_task.names
-    username, password = _credentials(label_studio)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    page.goto(f"{label_studio.url}/user/login")
-    page.fill("input[name=email]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/user/login" not in url)
+    page = logged_in_page(browser, label_studio, VIEWPORT)
 
     page.goto(f"{label_studio.url}/projects/{task.project_id}/data?task={task.task_id}")
     page.wait_for_function("id => window.Htx?.annotationStore?.selected?.serializeAnnotation().some(r => r.id === id)",

@@ -83,20 +83,28 @@ class Setup:
     task_id: int
 
 
-@pytest.fixture(scope="module")
-def setup(label_studio: LabelStudio, backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def mask_project(label_studio: LabelStudio, backend_url: str, title: str, folder: Path, num_frames: int,
+                 ) -> tuple[Names, Clip, int, int, dict]:
+    """A project with the shipped mask config, one task made by `import_video` from a synthetic moving-box clip of
+    `num_frames` frames, and the backend at `backend_url` registered: (names, clip, project id, task id, ML backend)."""
     from scribblebox.models.synthetic import make_moving_box_video
 
     names = load_names()
-    path = tmp_path_factory.mktemp("masks-video") / "moving-box.mp4"
-    gt = np.asarray(make_moving_box_video(path, num_frames=NUM_FRAMES, fps=FPS, **VIDEO), dtype=np.float64)
+    path = folder / "moving-box.mp4"
+    gt = np.asarray(make_moving_box_video(path, num_frames=num_frames, fps=FPS, **VIDEO), dtype=np.float64)
     clip = Clip(path, gt, *VIDEO["size"])
     ls = label_studio.client()
-    project_id = ls.create_project("ScribbleBox masks e2e", names.xml)["id"]
+    project_id = ls.create_project(title, names.xml)["id"]
     task_id = import_video(path, label_studio.url, label_studio.token, project_id)
-    ml = ls.register_ml_backend(project_id, backend.url)
+    return names, clip, project_id, task_id, ls.register_ml_backend(project_id, backend_url)
+
+
+@pytest.fixture(scope="module")
+def setup(label_studio: LabelStudio, backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    names, clip, project_id, task_id, ml = mask_project(label_studio, backend.url, "ScribbleBox masks e2e",
+                                                        tmp_path_factory.mktemp("masks-video"), NUM_FRAMES)
     assert ml.get("state") == "CO", f"Label Studio could not connect the backend: {ml}"
-    return Setup(ls, names, clip, project_id, ml["id"], task_id)
+    return Setup(label_studio.client(), names, clip, project_id, ml["id"], task_id)
 
 
 def box_region(s: Setup) -> dict:
