@@ -55,9 +55,10 @@ class Fusion(Generic[S]):
     `fuse` does. So memory per frame is the result's bool mask alone. Thread-safe: both sweeps add concurrently."""
 
     def __init__(self, chains: list[Chain], trust: dict[int, float], blend: Callable[[S, S, float], S],
-                 paste: Callable[[S], np.ndarray]) -> None:
+                 paste: Callable[[S], np.ndarray], trim: Callable[[S], S] | None = None) -> None:
         self.weights = forward_weights(chains, trust)  # exactly the frames both sweeps reach
         self.blend = blend
+        self.trim = trim or (lambda state: state)  # what a waiting state keeps (the blend may need more of the second)
         self.paste = paste
         self.masks: dict[int, np.ndarray] = {}
         self.waiting: dict[int, tuple[int, S]] = {}  # frame -> (direction, state with a packed soft mask)
@@ -68,7 +69,7 @@ class Fusion(Generic[S]):
             with self._lock:
                 first = self.waiting.pop(frame, None)
                 if first is None:
-                    self.waiting[frame] = (direction, replace(state, soft=pack(state.soft)))
+                    self.waiting[frame] = (direction, replace(self.trim(state), soft=pack(state.soft)))
                     return
             other = replace(first[1], soft=unpack(first[1].soft))
             forward, backward = (state, other) if direction > 0 else (other, state)

@@ -8,8 +8,11 @@ around them (as the correction did on the user's frame) and mark their pixels: h
 farther away. Colour models travel along the chain and are re-fitted on each frame (no k-means per frame).
 
 Two sweeps walk the video (one forward, one backward) in two threads; OpenCV releases the GIL, so both CPU cores
-work. Between two start frames a and b, frame t averages both sweeps' soft masks with weights proportional to
-trust / distance (approved frames trust 1, frames segmented from their box alone `weak_weight`), then thresholds.
+work. Between two start frames a and b, frame t weighs both sweeps' soft masks by trust / distance (approved frames
+trust 1, frames segmented from their box alone `weak_weight`). Where the sweeps disagree and neither start frame
+clearly outweighs the other, GrabCut settles the disputed pixels from the frame's colours (`arbitrate`): a plain
+weighted average would keep the nearer sweep's region even after it drifted onto the background. A chain whose mask
+shrinks to a speck of its box has lost the object (`collapsed`) and restarts from the box there.
 Memory (issue #6): a frame is fused and thresholded as soon as its second sweep reaches it (`fusion.Fusion`); until then
 its first soft mask waits as uint16, and nothing else per frame is kept but the full-frame bool masks returned.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -41,6 +44,7 @@ from .video import Video
 
 log = logging.getLogger(__name__)
 
+AGREE = 0.05  # two sweeps whose masks differ on under this fraction of their union agree: their vote is kept
 
 
 @dataclass
@@ -51,6 +55,7 @@ class State:
     window: Window
     soft: np.ndarray
     models: Models | None = None
+    image: np.ndarray | None = None  # the frame in `window`: only on a state handed to the fusion, for `arbitrate`
 
 
 def box_runs(boxes: np.ndarray) -> list[tuple[int, int]]:
@@ -67,9 +72,12 @@ class FlowPropagator:
                  refine_size: int = 256, iterations: int = 1, clamp: float = 0.15, hard_distance: int = 3,
                  keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, workers: int = 2,
                  carry_models: bool = True, weak_weight: float = 0.5, cue_local: float = 0.04,
-                 cue_reach: float = 1.5) -> None:
+                 cue_reach: float = 1.5, arbitrate: bool = True, sure_share: float = 0.75,
+                 lost_fill: float = 0.05) -> None:
         if not 0 < weak_weight <= 1:
             raise ValueError(f"weak_weight must be in (0, 1], got {weak_weight}")
+        if not 0.5 < sure_share <= 1:
+            raise ValueError(f"sure_share must be in (0.5, 1], got {sure_share}")
         self.work_size = work_size
         self.margin = margin
         self.band = band
@@ -84,6 +92,9 @@ class FlowPropagator:
         self.weak_weight = weak_weight
         self.cue_local = cue_local
         self.cue_reach = cue_reach
+        self.arbitrate_sweeps = arbitrate
+        self.sure_share = sure_share
+        self.lost_fill = lost_fill
         self.carrier = ScribbleCarrier(scribble_window)
         self.segmenter = GrabCutSegmenter(work_size, margin)
 
@@ -114,7 +125,8 @@ class FlowPropagator:
                 trust[mid] = self.weak_weight
         chains = plan_chains(boxes, sorted(f for f in seeds if valid_box(boxes[f])))
         states = {f: self.seed(pairs, f, m) for f, m in seeds.items() if valid_box(boxes[f])}
-        fusion = Fusion(chains, trust, blend, lambda state: state.window.paste(state.soft, shape))
+        fusion = Fusion(chains, trust, self.arbitrate if self.arbitrate_sweeps else blend,
+                        lambda state: state.window.paste(state.soft, shape), lambda state: replace(state, image=None))
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             jobs = [pool.submit(self._sweep, pairs, [c for c in chains if c[1] == d], states, carried, fusion.add)
                     for d in (1, -1)]
@@ -136,16 +148,50 @@ class FlowPropagator:
             state = seeds[anchor]
             previous: np.ndarray | None = None
             for frame, image in locked_frames(pairs.video, anchor, last + direction, pairs.lock):
-                if previous is not None:
+                if previous is not None:  # the colour models stay with the chain; the fusion gets the frame's crop
                     state = self.step(pairs, frame - direction, frame, previous, image, state, carried.get(frame, []))
-                    sink(frame, direction, State(state.window, state.soft))  # the colour models stay with the chain
+                    if self.collapsed(state, pairs.boxes[frame]):
+                        state = self.seed(pairs, frame, self.segmenter.segment(image, pairs.boxes[frame], []), image)
+                    crop = state.window.crop(image) if self.arbitrate_sweeps else None
+                    sink(frame, direction, State(state.window, state.soft, state.models, crop))
                 previous = image
 
-    def seed(self, pairs: FramePairs, frame: int, mask: np.ndarray) -> State:
+    def arbitrate(self, forward: State, backward: State, weight: float) -> State:
+        """A frame both sweeps reached. Where they agree, or where the weighted vote (`blend`) reaches `sure_share`
+        (one start frame is much nearer or more trusted), the vote decides; where they disagree and neither clearly
+        outweighs the other, GrabCut decides from the frame's colours. Averaging alone keeps exactly one side's
+        region, even when the nearer sweep has drifted onto the background and the farther one is right.
+        The state that arrived second carries the frame's crop (`image`); the waiting one was trimmed of it."""
+        if not np.any(backward.soft > 0.5) or not np.any(forward.soft > 0.5):
+            return blend(forward, backward, weight)  # a lost sweep does not vote
+        second, first = (forward, backward) if forward.image is not None else (backward, forward)
+        share = weight if second is forward else 1 - weight
+        mine, other = second.soft > 0.5, first.window.convert(first.soft, second.window)
+        vote = share * second.soft + (1 - share) * other
+        theirs = other > 0.5
+        if second.image is None or np.count_nonzero(mine != theirs) < AGREE * np.count_nonzero(mine | theirs):
+            return State(second.window, vote)
+        labels = np.where(vote > 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        labels[(mine & theirs) | (vote >= self.sure_share)] = cv2.GC_FGD
+        labels[(~mine & ~theirs) | (vote <= 1 - self.sure_share)] = cv2.GC_BGD
+        # the forward chain's colours: which sweep's thread arrives second must not change the result
+        settled, _ = self.refine(second.image, labels, forward.models)
+        if not np.any(settled > 0.5):  # GrabCut gave everything to the background: the object is there (its box)
+            return State(second.window, vote)
+        return State(second.window, settled)
+
+    def collapsed(self, state: State, box: np.ndarray) -> bool:
+        """The chain's mask covers under `lost_fill` of the frame's box: it has lost the object (a chain started from
+        a poor mask shrinks to a speck, often beside the object) and restarts from the box there."""
+        x0, y0, x1, y1 = state.window.box_rect(box)
+        return np.count_nonzero(state.soft[y0:y1, x0:x1] > 0.5) < self.lost_fill * max((x1 - x0) * (y1 - y0), 1)
+
+    def seed(self, pairs: FramePairs, frame: int, mask: np.ndarray, image: np.ndarray | None = None) -> State:
         """A chain's start: the anchor's mask in its own window, and colour models fitted to it."""
         window = pairs.own_window(frame)
         soft = window.take(mask)
-        models = colour_models(window.crop(pairs.frame(frame)), soft > 0.5) if self.carry_models else None
+        image = pairs.frame(frame) if image is None else image
+        models = colour_models(window.crop(image), soft > 0.5) if self.carry_models else None
         return State(window, soft, models)
 
     def step(self, pairs: FramePairs, src: int, dst: int, src_image: np.ndarray, dst_image: np.ndarray,

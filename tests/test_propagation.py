@@ -2,6 +2,8 @@
 of correction strokes to neighbouring frames, on synthetic videos whose object motion is known exactly."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scribblebox.models import propagation
@@ -56,13 +58,57 @@ def test_a_mask_follows_the_moving_object(scene, video) -> None:
 
 
 def test_two_approved_frames_are_fused_by_distance(scene, video) -> None:
-    """Frame 0 approves the whole object, frame 20 only its left half: frames follow the nearer approved frame."""
+    """Frame 0 approves the whole object, frame 20 only its left half: frames much nearer one of them follow it."""
     full, half = part_mask(scene.boxes[0]), part_mask(scene.boxes[20], 0.5)
     masks = FlowPropagator().propagate(video, scene.boxes, {0: full, 20: half}, [])
     assert np.array_equal(masks[0], full) and np.array_equal(masks[20], half)  # approved frames are kept as given
-    # where the two disagree, the nearer approved frame wins (soft masks averaged by distance, then thresholded)
-    assert min(iou(masks[f], part_mask(scene.boxes[f])) for f in range(1, 10)) > 0.8
-    assert min(iou(masks[f], part_mask(scene.boxes[f], 0.5)) for f in range(11, 20)) > 0.8
+    assert min(iou(masks[f], part_mask(scene.boxes[f])) for f in range(1, 6)) > 0.8
+    assert min(iou(masks[f], part_mask(scene.boxes[f], 0.5)) for f in range(15, 20)) > 0.8
+    # averaging alone (no arbitration): the nearer approved frame wins everywhere
+    averaged = FlowPropagator(arbitrate=False).propagate(video, scene.boxes, {0: full, 20: half}, [])
+    assert min(iou(averaged[f], part_mask(scene.boxes[f])) for f in range(1, 10)) > 0.8
+    assert min(iou(averaged[f], part_mask(scene.boxes[f], 0.5)) for f in range(11, 20)) > 0.8
+
+
+def two_sweeps(offset: int) -> tuple[State, State]:
+    """A white square on dark noise; the forward sweep's mask is the square, the backward one's the square moved
+    `offset` pixels right (drifted onto the background). The forward state arrives second: it carries the crop."""
+    window = window_for([np.array([0, 0, 64, 64])], 64, 64, 64, 0.0)
+    image = np.random.default_rng(0).integers(0, 60, (64, 64, 3)).astype(np.uint8)
+    image[16:48, 16:48] = 230
+    right, drifted = np.zeros((64, 64), np.float32), np.zeros((64, 64), np.float32)
+    right[16:48, 16:48] = 1
+    drifted[16:48, 16 + offset:48 + offset] = 1
+    return State(window, right, image=image), State(window, drifted)
+
+
+def test_arbitration_lets_the_image_settle_what_the_sweeps_disagree_on() -> None:
+    forward, backward = two_sweeps(12)
+    square = forward.soft > 0.5
+    # the backward start frame is a bit nearer (weight 0.4): averaging keeps its drifted square ...
+    assert np.array_equal(blend(forward, backward, 0.4).soft > 0.5, backward.soft > 0.5)
+    # ... arbitration keeps what both say, and lets GrabCut settle the rest by colour: the white square
+    assert iou(FlowPropagator().arbitrate(forward, backward, 0.4).soft > 0.5, square) > 0.95
+    # one start frame far nearer (weight 0.1 < 1 - sure_share): its sweep decides, whatever the image says
+    assert np.array_equal(FlowPropagator().arbitrate(forward, backward, 0.1).soft > 0.5, backward.soft > 0.5)
+    # sweeps that (almost) agree: the weighted vote, no GrabCut
+    close_forward, close_backward = two_sweeps(0)
+    assert np.array_equal(FlowPropagator().arbitrate(close_forward, close_backward, 0.4).soft, close_forward.soft)
+    with pytest.raises(ValueError, match="sure_share"):
+        FlowPropagator(sure_share=0.5)
+
+
+def test_a_chain_that_shrinks_to_a_speck_restarts_from_the_box(scene, video) -> None:
+    """Frame 21's approved mask is a speck (3% of the box, a poor correction): the chain from it cannot follow the
+    object; it restarts from the box on the next frame instead of outvoting frame 0's whole object near 21."""
+    full = part_mask(scene.boxes[0])
+    x, y, _, _ = scene.boxes[21]
+    speck = np.zeros_like(full)
+    speck[round(y) + 20:round(y) + 32, round(x) + 30:round(x) + 42] = True
+    masks = FlowPropagator().propagate(video, scene.boxes, {0: full, 21: speck}, [])
+    assert min(iou(masks[f], part_mask(scene.boxes[f])) for f in range(1, 21)) > 0.8
+    following = FlowPropagator(lost_fill=0).propagate(video, scene.boxes, {0: full, 21: speck}, [])
+    assert iou(following[20], part_mask(scene.boxes[20])) < 0.5
 
 
 def test_fuse_weights_by_distance_and_trust_and_ignores_lost_sweeps() -> None:
@@ -136,7 +182,7 @@ def test_fusion_frame_by_frame_equals_fusing_whole_sweeps(order: str) -> None:
 
 
 def test_propagation_fused_frame_by_frame_matches_the_previous_fusion(scene, video, monkeypatch) -> None:
-    """On a video whose two approved frames disagree (whole object / left half), the masks equal those of the
+    """On a video whose two approved frames disagree (whole object / left half), the averaged masks equal those of the
     previous implementation, which kept every float32 soft mask of both sweeps until the end and fused them then."""
     runs = []
 
@@ -152,7 +198,7 @@ def test_propagation_fused_frame_by_frame_matches_the_previous_fusion(scene, vid
 
     monkeypatch.setattr(propagation, "Fusion", Recording)
     approved = {0: part_mask(scene.boxes[0]), 14: part_mask(scene.boxes[14], 0.5)}
-    masks = FlowPropagator().propagate(video, scene.boxes, approved, [])
+    masks = FlowPropagator(arbitrate=False).propagate(video, scene.boxes, approved, [])
     (run,) = runs
     assert len(run.sweeps[1].keys() & run.sweeps[-1].keys()) == 13  # frames 1..13 are fused
     before = fuse_before_issue_6(run.sweeps[1], run.sweeps[-1], run.chains, run.trust)
@@ -216,3 +262,13 @@ def test_strokes_are_cut_where_points_were_dropped() -> None:
     assert [len(p) for p in pieces] == [3, 2]
     dense = resample(np.array([[0.0, 0.0], [10.0, 0.0]]), 2.0)
     assert len(dense) == 6 and np.allclose(dense[-1], [10, 0])
+
+
+def test_a_waiting_state_keeps_only_what_the_trim_leaves() -> None:
+    """The classical engine trims the frame crop from a state that waits for the other sweep (memory, issue #6):
+    only the state that arrives second needs it."""
+    window = window_for([np.array([0, 0, 8, 8])], 8, 8, 8, 0.0)
+    fusion = Fusion([(0, 1, 2), (3, -1, 1)], {0: 1.0, 3: 1.0}, blend, lambda state: state.soft,
+                    lambda state: replace(state, image=None))
+    fusion.add(1, 1, State(window, np.ones((8, 8), np.float32), image=np.zeros((8, 8, 3), np.uint8)))
+    assert fusion.waiting[1][1].image is None and fusion.waiting[1][1].soft.dtype == np.uint16
