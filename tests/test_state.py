@@ -1,5 +1,6 @@
 """TrackStore on SQLite: round trips, two writer processes at once, reopening; anchor merging."""
-import multiprocessing
+import subprocess
+import sys
 
 from scribblebox.backend.state import RegionState, TrackStore, merge_anchors
 from scribblebox.models.track import Keyframe
@@ -40,23 +41,26 @@ def test_wal_mode_and_survives_reopen(tmp_path):
     assert TrackStore(path).get("1", "7", "r1").anchors == [A]
 
 
-def _writer(path: str, worker: int, count: int) -> None:
-    store = TrackStore(path)
-    for i in range(count):
-        store.put("1", str(i % 5), f"w{worker}-{i}", RegionState(f"video-{worker}", [Keyframe.of(i, [i, i, 10, 10])], []))
-        store.get("1", str(i % 5), f"w{worker}-{i}")
+WRITER = """
+import sys
+from scribblebox.backend.state import RegionState, TrackStore
+from scribblebox.models.track import Keyframe
+
+path, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = TrackStore(path)
+for i in range(count):
+    store.put("1", str(i % 5), f"w{worker}-{i}", RegionState(f"video-{worker}", [Keyframe.of(i, [i, i, 10, 10])], []))
+    store.get("1", str(i % 5), f"w{worker}-{i}")
+"""
 
 
 def test_two_processes_write_concurrently(tmp_path):
+    """Fresh interpreters, as gunicorn workers are: a fork of the pytest process could inherit a lock held by one
+    of its threads (background jobs of earlier tests) and hang."""
     path = str(tmp_path / "state.sqlite3")
     TrackStore(path)
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, w, 150)) for w in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, str(w), "150"]) for w in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
     store = TrackStore(path)
     total = sum(len(store.list_task("1", str(t))) for t in range(5))
     assert total == 300
