@@ -73,7 +73,7 @@ class FlowPropagator:
                  keep_fraction: float = 0.1, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, workers: int = 2,
                  carry_models: bool = True, weak_weight: float = 0.5, cue_local: float = 0.04,
                  cue_reach: float = 1.5, arbitrate: bool = True, sure_share: float = 0.75,
-                 lost_fill: float = 0.05) -> None:
+                 lost_fill: float = 0.05, arbitrate_size: int = 128) -> None:
         if not 0 < weak_weight <= 1:
             raise ValueError(f"weak_weight must be in (0, 1], got {weak_weight}")
         if not 0.5 < sure_share <= 1:
@@ -94,6 +94,7 @@ class FlowPropagator:
         self.cue_reach = cue_reach
         self.arbitrate_sweeps = arbitrate
         self.sure_share = sure_share
+        self.arbitrate_size = arbitrate_size
         self.lost_fill = lost_fill
         self.carrier = ScribbleCarrier(scribble_window)
         self.segmenter = GrabCutSegmenter(work_size, margin)
@@ -151,7 +152,7 @@ class FlowPropagator:
                 if previous is not None:  # the colour models stay with the chain; the fusion gets the frame's crop
                     state = self.step(pairs, frame - direction, frame, previous, image, state, carried.get(frame, []))
                     if self.collapsed(state, pairs.boxes[frame]):
-                        state = self.seed(pairs, frame, self.segmenter.segment(image, pairs.boxes[frame], []), image)
+                        state = self.restart(pairs, frame, image)
                     crop = state.window.crop(image) if self.arbitrate_sweeps else None
                     sink(frame, direction, State(state.window, state.soft, state.models, crop))
                 previous = image
@@ -175,7 +176,7 @@ class FlowPropagator:
         labels[(mine & theirs) | (vote >= self.sure_share)] = cv2.GC_FGD
         labels[(~mine & ~theirs) | (vote <= 1 - self.sure_share)] = cv2.GC_BGD
         # the forward chain's colours: which sweep's thread arrives second must not change the result
-        settled, _ = self.refine(second.image, labels, forward.models)
+        settled, _ = self.refine(second.image, labels, forward.models, self.arbitrate_size)
         if not np.any(settled > 0.5):  # GrabCut gave everything to the background: the object is there (its box)
             return State(second.window, vote)
         return State(second.window, settled)
@@ -185,6 +186,20 @@ class FlowPropagator:
         a poor mask shrinks to a speck, often beside the object) and restarts from the box there."""
         x0, y0, x1, y1 = state.window.box_rect(box)
         return np.count_nonzero(state.soft[y0:y1, x0:x1] > 0.5) < self.lost_fill * max((x1 - x0) * (y1 - y0), 1)
+
+    def restart(self, pairs: FramePairs, frame: int, image: np.ndarray) -> State:
+        """A collapsed chain starts again from the frame's box: one GrabCut pass in the chain's window with fresh
+        colour models (the chain's own led it astray), as cheap as a step; the segmenter (two passes and fallbacks,
+        several times the cost) only when that also finds next to nothing."""
+        window = pairs.own_window(frame)
+        x0, y0, x1, y1 = window.box_rect(pairs.boxes[frame], self.segmenter.box_slack)
+        labels = np.full((window.h, window.w), cv2.GC_BGD, dtype=np.uint8)
+        labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+        soft, models = self.refine(window.crop(image), labels, None)
+        state = State(window, soft, models if self.carry_models else None)
+        if self.collapsed(state, pairs.boxes[frame]):
+            return self.seed(pairs, frame, self.segmenter.segment(image, pairs.boxes[frame], []), image)
+        return state
 
     def seed(self, pairs: FramePairs, frame: int, mask: np.ndarray, image: np.ndarray | None = None) -> State:
         """A chain's start: the anchor's mask in its own window, and colour models fitted to it."""
@@ -231,8 +246,9 @@ class FlowPropagator:
         return labels
 
     def refine(self, image: np.ndarray, labels: np.ndarray | None, models: Models | None,
-               ) -> tuple[np.ndarray, Models | None]:
-        """GrabCut on the part of the crop that is not certain background (at most `refine_size`) -> soft mask."""
+               limit: int | None = None) -> tuple[np.ndarray, Models | None]:
+        """GrabCut on the part of the crop that is not certain background, resized to at most `limit` pixels
+        (default `refine_size`) -> soft mask."""
         h, w = image.shape[:2]
         out = np.zeros((h, w), np.float32)
         if labels is None:
@@ -241,7 +257,7 @@ class FlowPropagator:
         y0, y1 = max(ys.min() - 2, 0), min(ys.max() + 3, h)
         x0, x1 = max(xs.min() - 2, 0), min(xs.max() + 3, w)
         roi_image, roi_labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
-        scale = min(1.0, self.refine_size / max(h, w))
+        scale = min(1.0, (limit or self.refine_size) / max(h, w))
         if scale < 1.0:
             size = (max(round((x1 - x0) * scale), 1), max(round((y1 - y0) * scale), 1))
             roi_image = cv2.resize(roi_image, size, interpolation=cv2.INTER_AREA)
