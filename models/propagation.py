@@ -179,7 +179,9 @@ class FlowPropagator:
         settled, _ = self.refine(second.image, labels, forward.models, self.arbitrate_size)
         if not np.any(settled > 0.5):  # GrabCut gave everything to the background: the object is there (its box)
             return State(second.window, vote)
-        return State(second.window, settled)
+        # only the disputed pixels: the vote keeps the sweeps' full-resolution boundary where they agree
+        disputed = (labels == cv2.GC_PR_FGD) | (labels == cv2.GC_PR_BGD)
+        return State(second.window, np.where(disputed, settled, vote))
 
     def collapsed(self, state: State, box: np.ndarray) -> bool:
         """The chain's mask covers under `lost_fill` of the frame's box: it has lost the object (a chain started from

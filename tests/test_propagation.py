@@ -89,6 +89,12 @@ def test_arbitration_lets_the_image_settle_what_the_sweeps_disagree_on() -> None
     assert np.array_equal(blend(forward, backward, 0.4).soft > 0.5, backward.soft > 0.5)
     # ... arbitration keeps what both say, and lets GrabCut settle the rest by colour: the white square
     assert iou(FlowPropagator().arbitrate(forward, backward, 0.4).soft > 0.5, square) > 0.95
+    # GrabCut at a coarser size (arbitrate_size) changes only the disputed pixels: where the sweeps agree, the
+    # vote keeps their full-resolution boundary
+    coarse = FlowPropagator(arbitrate_size=32).arbitrate(forward, backward, 0.4).soft
+    agreed = square == (backward.soft > 0.5)
+    assert np.array_equal(coarse[agreed], (0.4 * forward.soft + 0.6 * backward.soft)[agreed])
+    assert iou(coarse > 0.5, square) > 0.9
     # one start frame far nearer (weight 0.1 < 1 - sure_share): its sweep decides, whatever the image says
     assert np.array_equal(FlowPropagator().arbitrate(forward, backward, 0.1).soft > 0.5, backward.soft > 0.5)
     # sweeps that (almost) agree: the weighted vote, no GrabCut
