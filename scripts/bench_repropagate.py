@@ -9,6 +9,7 @@ interleaved, so the initial run is a baseline measured under the same load (the 
 --box x,y,w,h times any video file instead (no ground truth: the correction is the initial mask of the middle
 frame, grown by a few pixels). Exit code 2 when the data is missing.
     .venv/bin/python scripts/bench_repropagate.py --seq bmx-bumps --frames 80 --repeats 5 [--h264] [--json out.json]
+--no-arbitration times the propagation before the sweeps' arbitration (the baseline of docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ def correction(first: MaskResult, gts, boxes: np.ndarray) -> tuple[int, np.ndarr
 def run(args) -> dict:
     masks = load_settings().masks
     engine = MaskEngine.from_settings(masks)
+    if args.no_arbitration:  # the baseline: the classical propagation before the sweeps' arbitration and restarts
+        engine.propagator.arbitrate_sweeps, engine.propagator.lost_fill = False, 0.0
     with tempfile.TemporaryDirectory(prefix="scribblebox-repropagate-") as tmp:
         video, boxes, stroke, gts, what = file_case(args) if args.video else davis_case(args, Path(tmp))
         n = video.num_frames
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--h264", action="store_true", help="encode the clip to H.264 and time with decoding")
     parser.add_argument("--video", type=Path, help="time this video file instead of a DAVIS sequence (needs --box)")
     parser.add_argument("--box", help="x,y,w,h in pixels of the object on frame 0 of --video")
+    parser.add_argument("--no-arbitration", action="store_true",
+                        help="baseline: average the two sweeps and never restart a chain (the engine of e411d19)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.frames < 2:
