@@ -194,9 +194,7 @@ class FlowPropagator:
         colour models (the chain's own led it astray), as cheap as a step; the segmenter (two passes and fallbacks,
         several times the cost) only when that also finds next to nothing."""
         window = pairs.own_window(frame)
-        x0, y0, x1, y1 = window.box_rect(pairs.boxes[frame], self.segmenter.box_slack)
-        labels = np.full((window.h, window.w), cv2.GC_BGD, dtype=np.uint8)
-        labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+        labels = self.segmenter.labels(window, pairs.boxes[frame], [], None, ())  # the box probable, the rest not
         soft, models = self.refine(window.crop(image), labels, None)
         state = State(window, soft, models if self.carry_models else None)
         if self.collapsed(state, pairs.boxes[frame]):
