@@ -6,10 +6,12 @@ import pytest
 
 from scribblebox.models.curvevot import CurveVOT
 from scribblebox.models.geometry import iou
-from scribblebox.models.synthetic import moving_box_scene, MovingBoxScene
+from scribblebox.models.segments import LOW_SCORE
+from scribblebox.models.synthetic import MovingBoxScene, make_moving_box_video, moving_box_scene
 from scribblebox.models.track import Keyframe, TrackResult, render_keyframes
 from scribblebox.models.trackers import tracker_factory
-from scribblebox.models.video import ArrayVideo
+from scribblebox.models.trackers.confidence import CONTINUITY, AppearanceScore
+from scribblebox.models.video import ArrayVideo, open_video
 
 NANO = Path(__file__).resolve().parents[2] / "shared" / "weights" / "nanotrack-v2"
 
@@ -174,3 +176,29 @@ def test_occlusion_between_two_anchors_leaves_a_gap():
     assert iou(result.boxes[45:], scene.boxes[45:]).mean() > 0.8
     shown = render_keyframes(result.keyframes, 60)
     assert np.isnan(shown[26:34, 0]).all() and iou(shown[45:], scene.boxes[45:]).mean() > 0.75
+
+
+def test_a_long_track_is_not_ended_while_the_object_is_in_view(tmp_path):
+    """1,000 frames of a slowly drifting box: CSRT's box slides a few pixels off over time, which the first
+    frame's template alone read as loss (the track ended at frame 641); the recent template keeps it."""
+    path = tmp_path / "long.mp4"
+    truth = make_moving_box_video(path, num_frames=1000, velocity=(0.44, 0.2))
+    with open_video(path) as video:
+        result = CurveVOT().track(video, [Keyframe.of(0, truth[0])])
+    assert not np.isnan(result.boxes[:, 0]).any()
+    assert all(k.enabled for k in result.keyframes)
+    assert iou(result.boxes, truth).min() > 0.5
+
+
+def test_appearance_score_follows_slow_change_but_not_a_jump():
+    """Continuity keeps a slowly changing object above the loss threshold, never as high as the first frame's
+    match; an unrelated patch (occluder, drift onto the background) still scores as lost."""
+    rng = np.random.default_rng(0)
+    start, end, other = (rng.integers(0, 256, (64, 64, 3)).astype(np.float64) for _ in range(3))
+    box = np.array([0, 0, 64, 64])
+    score = AppearanceScore(start.astype(np.uint8), box)
+    for t in np.linspace(0, 1, 41)[1:]:
+        last = score(((1 - t) * start + t * end).astype(np.uint8), box)
+    assert LOW_SCORE < last <= CONTINUITY
+    assert score(start.astype(np.uint8), box) > 0.95
+    assert score(other.astype(np.uint8), box) < LOW_SCORE
