@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 9090
 
-.PHONY: setup serve demo test ls-venv browser redis sam2 bench-track clean
+.PHONY: setup serve demo test ls-venv browser redis sam2 bench-track bench-long-tracks clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ test: setup ls-venv browser redis sam2
 bench-track: setup
 	$(VENV)/bin/scribblebox bench-track ../shared/data/davis2016-train -o docs/bench-track.json
 	$(PY) scripts/bench_track_speed.py --repeats 5
+
+bench-long-tracks: setup  # about 45 min per run on one core; the two runs are independent
+	$(PY) scripts/bench_long_tracks.py --frames 400 --continuity 0 -o var/long-baseline.json
+	$(PY) scripts/bench_long_tracks.py --frames 400 -o var/long.json
 
 clean:
 	rm -rf $(VENV) .cache var

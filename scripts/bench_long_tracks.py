@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"frames": args.frames, "continuity": args.continuity, "sequences": [r.to_dict() for r in results],
                "overall": overall(results, ["curvevot"])}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1))
     return 0
 
