@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from scribblebox.evaluation.boxes import format_table, overall, run_benchmark
+from scribblebox.evaluation.davis import list_sequences
 from scribblebox.models.trackers import confidence
 from scribblebox.settings import load_settings
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no DAVIS-format data at {args.data}", file=sys.stderr)
         return 2
     confidence.CONTINUITY = args.continuity
-    names = [s for s in args.sequences.split(",") if s] or sorted(p.name for p in args.data.iterdir() if p.is_dir())
+    names = [s for s in args.sequences.split(",") if s] or list_sequences(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         names = [n for n in names if loop_sequence(args.data / n, Path(tmp) / n, args.frames)]
         results = run_benchmark(load_settings(), tmp, names, ["curvevot"])
