@@ -69,28 +69,35 @@ def is_variable_frame_rate(timestamps: np.ndarray, tick: float = 0.0) -> bool:
 
 
 class _LRU:
-    """Bounded map index -> frame, least recently used evicted first."""
+    """Bounded map index -> frame, least recently used evicted first. Each item has a cost (1 unless told) and the
+    costs held never exceed `size`."""
 
     def __init__(self, size: int) -> None:
         self.size = max(int(size), 0)
-        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[int, tuple[object, int]] = OrderedDict()
+        self._held = 0
 
-    def get(self, key: int) -> np.ndarray | None:
+    def get(self, key: int):
         item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: int, value: np.ndarray) -> None:
-        if self.size == 0:
-            return
-        self._items[key] = value
+        if item is None:
+            return None
         self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        return item[0]
+
+    def put(self, key: int, value, cost: int = 1) -> None:
+        if cost > self.size:
+            return
+        old = self._items.pop(key, None)
+        self._held += cost - (old[1] if old else 0)
+        self._items[key] = (value, cost)
+        while self._held > self.size:
+            self._held -= self._items.popitem(last=False)[1][1]
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._items
 
 
 def _readonly(frame: np.ndarray) -> np.ndarray:
@@ -237,18 +244,25 @@ def _open_container(path: Path) -> av.container.InputContainer:
 
 
 class VideoFile(_VideoBase):
-    """A video file decoded lazily with PyAV: exact frame count, exact seeking, bounded cache."""
+    """A video file decoded lazily with PyAV: exact frame count, exact seeking, bounded cache.
+
+    The cache holds at most the bytes of `cache_size` BGR frames. Frames the decoder passes over on its way to a
+    requested one (decoding forward from the keyframe it seeked to) are kept too, as decoded YUV (half the bytes):
+    asking for them next costs a colour conversion instead of another seek and decode from the keyframe, which is
+    what the mask engine's two sweeps, reading one decoder from two threads, would otherwise pay again and again.
+    """
 
     def __init__(self, path: str | Path, cache_size: int = 32) -> None:
         self.path = Path(path)
         self._container = _open_container(self.path)
         try:
             self._index()
-            self._cache = _LRU(cache_size)
+            self._cache = _LRU(0)  # sized in bytes once the first frame gives the frame size
             self._reader: Iterator[tuple[int, av.VideoFrame]] | None = None
             self._reader_next = 0
             self._rotation = 0
             self.decode_errors = 0  # damaged packets skipped so far
+            self.frames_decoded = 0  # by the decoder so far (seeks decode again from the keyframe): a cost to watch
             self._gap_warned = False
             first = self._decoded(0)  # proves the stream decodes, and gives the display size
             self._rotation = (round(first.rotation / 90) % 4) if first.rotation else 0
@@ -256,7 +270,8 @@ class VideoFile(_VideoBase):
                 log.warning("%s: rotation %d° is not a multiple of 90°, ignored", self.path, first.rotation)
             image = self._to_bgr(first)
             self.height, self.width = image.shape[:2]
-            self._cache.put(0, image)
+            self._cache = _LRU(cache_size * image.nbytes)
+            self._cache.put(0, image, image.nbytes)
         except BaseException:
             self._container.close()
             raise
@@ -327,6 +342,7 @@ class VideoFile(_VideoBase):
                     self.decode_errors += 1
                     continue
                 for frame in frames:
+                    self.frames_decoded += 1
                     index = self._index_of.get(frame.pts) if frame.pts is not None else None
                     if index is not None:
                         yield index, frame
@@ -353,12 +369,15 @@ class VideoFile(_VideoBase):
                          "the file is corrupt, re-encode it")
 
     def _decode_from(self, index: int) -> Iterator[tuple[int, av.VideoFrame]]:
-        """Every frame from `index` to the end in order, after one seek. A frame the decoder never outputs (damaged
-        file) is replaced by the previous one, as a player would show it."""
+        """Every frame from `index` to the end in order, after one seek; before them, the frames the decoder passes on
+        its way from the keyframe (the caller may keep them). A frame the decoder never outputs (damaged file) is
+        replaced by the previous one, as a player would show it."""
         expected, last = index, None
         for j, frame in self._seek_to(index):
             if j < expected:
                 last = frame
+                if j < index:
+                    yield j, frame
                 continue
             if j > expected:
                 log.log(logging.DEBUG if self._gap_warned else logging.WARNING,
@@ -386,6 +405,8 @@ class VideoFile(_VideoBase):
                 self._reader_next = j + 1
                 if j == index:
                     return frame
+                if j not in self._cache:  # passed over on the way: keep it, decoded (see the class docstring)
+                    self._cache.put(j, frame, sum(plane.buffer_size for plane in frame.planes))
         except BaseException:
             self._reader = None  # a failed generator cannot be resumed: seek again next time
             raise
@@ -403,10 +424,11 @@ class VideoFile(_VideoBase):
         i = self._check_index(index)
         if self._container is None:
             raise ValueError(f"{self.path} is closed")
-        image = self._cache.get(i)
-        if image is None:
-            image = self._to_bgr(self._decoded(i))
-            self._cache.put(i, image)
+        cached = self._cache.get(i)
+        if isinstance(cached, np.ndarray):
+            return cached
+        image = self._to_bgr(cached if cached is not None else self._decoded(i))
+        self._cache.put(i, image, image.nbytes)
         return image
 
     def frames(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -428,7 +450,7 @@ class VideoFile(_VideoBase):
                 item, block[offset] = block[offset], None
                 if not isinstance(item, np.ndarray):
                     item = self._to_bgr(item)
-                    self._cache.put(lo + offset, item)
+                    self._cache.put(lo + offset, item, item.nbytes)
                 yield lo + offset, item
             hi = lo - 1
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from scribblebox.models.synthetic import make_moving_box_video, make_vfr_video, moving_box_scene
-from scribblebox.models.video import (ArrayVideo, FrameFolder, VideoFile, is_variable_frame_rate, open_video)
+from scribblebox.models.video import (ArrayVideo, FrameFolder, VideoFile, _LRU, is_variable_frame_rate,
+                                      open_video)
 
 N, FPS, SIZE = 40, 25, (320, 180)
 
@@ -54,7 +55,35 @@ def test_random_access_equals_sequential_decode(box_mp4: Path, sequential: list[
             np.testing.assert_array_equal(video.frame(i), sequential[i], err_msg=f"frame {i}")
         for i in order[:10]:  # again, now partly from the cache
             np.testing.assert_array_equal(video.frame(i), sequential[i], err_msg=f"frame {i} (second read)")
-        assert len(video._cache) <= cache_size
+        assert video._cache._held <= cache_size * sequential[0].nbytes  # the bytes of cache_size BGR frames
+
+
+def test_frames_passed_over_after_a_seek_are_kept_in_the_cache(box_mp4: Path, sequential: list[np.ndarray]) -> None:
+    """Frame 10 is decoded from the keyframe at 0: frames 1..9 come out on the way and are kept (as decoded YUV),
+    so reading them next neither seeks nor decodes again."""
+    with VideoFile(box_mp4) as video:
+        video._reader = None  # forget the decoder position left by opening
+        start = video.frames_decoded
+        np.testing.assert_array_equal(video.frame(10), sequential[10])
+        after_ten = video.frames_decoded
+        assert after_ten - start >= 10  # from the keyframe at 0
+        for i in range(9, 0, -1):
+            np.testing.assert_array_equal(video.frame(i), sequential[i], err_msg=f"frame {i}")
+        assert video.frames_decoded == after_ten
+
+
+def test_the_cache_holds_costs_not_items() -> None:
+    cache = _LRU(4)
+    cache.put(0, "bgr", 2)
+    cache.put(1, "yuv", 1)
+    cache.put(2, "yuv", 1)
+    assert len(cache) == 3 and 0 in cache
+    cache.put(3, "bgr", 2)  # over by 2: the least recently used (0) goes
+    assert 0 not in cache and [k in cache for k in (1, 2, 3)] == [True, True, True]
+    cache.put(1, "bgr", 2)  # replacing an item counts its new cost only: 2 goes
+    assert 2 not in cache and cache.get(1) == "bgr" and cache.get(3) == "bgr"
+    cache.put(9, "huge", 5)  # never fits: not stored, nothing evicted
+    assert 9 not in cache and len(cache) == 2
 
 
 def test_frames_are_read_only(box_mp4: Path) -> None:
@@ -98,19 +127,11 @@ def test_backward_iteration_decodes_at_most_three_times_the_forward_work(tmp_pat
 
     def decoded_frames(start: int, stop: int) -> int:
         video = VideoFile(path, cache_size=0)
-        count, known = 0, video._known
-
-        def counting():
-            nonlocal count
-            for item in known():
-                count += 1
-                yield item
-
-        video._known = counting
         video._reader = None  # forget the decoder position left by opening, so both directions start cold
+        before = video.frames_decoded
         assert len(list(video.frames(start, stop))) == 100
         video.close()
-        return count
+        return video.frames_decoded - before
 
     assert decoded_frames(120, 20) <= 3 * decoded_frames(21, 121)
 
