@@ -18,6 +18,14 @@ Chain = tuple[int, int, int]  # (anchor frame, direction, last frame inclusive)
 S = TypeVar("S")  # a sweep's per-frame state: a dataclass with a `soft` field (a float32 soft mask in [0, 1])
 
 
+def by_segment(chains: list[Chain]) -> list[Chain]:
+    """The chains with both walks between two start frames one after the other (forward first), so a frame waits
+    for its second walk at most one chain long, and the second walk finds its frames in the video's cache. The
+    classical engine's two sweeps (one thread each) take their chains in this order too, so both work between the
+    same two start frames at about the same time."""
+    return sorted(chains, key=lambda c: (min(c[0], c[2]), -c[1]))
+
+
 def forward_weights(chains: list[Chain], trust: dict[int, float]) -> dict[int, float]:
     """For each frame reached from both sides, the forward sweep's share: 1 / distance to each start frame times
     that start frame's trust, normalised (shared by the classical and the learned engines)."""

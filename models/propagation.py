@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from .fusion import Chain, Fusion, forward_weights
+from .fusion import Chain, Fusion, by_segment, forward_weights
 from .masks import Scribble
 from .scribble_propagation import Carried, FramePairs, ScribbleCarrier, locked_frames
 from .segmentation import (
@@ -129,8 +129,8 @@ class FlowPropagator:
         fusion = Fusion(chains, trust, self.arbitrate if self.arbitrate_sweeps else blend,
                         lambda state: state.window.paste(state.soft, shape), lambda state: replace(state, image=None))
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            jobs = [pool.submit(self._sweep, pairs, [c for c in chains if c[1] == d], states, carried, fusion.add)
-                    for d in (1, -1)]
+            jobs = [pool.submit(self._sweep, pairs, [c for c in by_segment(chains) if c[1] == d], states, carried,
+                                fusion.add) for d in (1, -1)]
             for job in jobs:
                 job.result()
         masks = fusion.result()
@@ -312,7 +312,6 @@ def plan_chains(boxes: np.ndarray, anchors: list[int]) -> list[Chain]:
                 chains.append((a, 1, nxt - 1))
             if a - prv > 1:
                 chains.append((a, -1, prv + 1))
-    chains.sort(key=lambda c: c[0] * c[1])  # forward chains in increasing, backward in decreasing order
     return chains
 
 

@@ -82,3 +82,24 @@ def test_flow_quality_is_a_setting_and_a_typo_is_refused(scene):
     assert np.mean([jaccard(result.masks[f], box_mask(s.boxes[f], (240, 320))) for f in range(20)]) > 0.75
     with pytest.raises(ValueError, match="unknown masks.flow 'slow'"):
         MaskEngine.from_settings(MaskSettings(flow="slow"))
+
+
+
+def test_both_sweeps_work_between_the_same_two_start_frames_at_a_time(monkeypatch):
+    """The forward and the backward sweep (one thread each, one decoder) take their chains segment by segment in
+    the same order (`fusion.by_segment`), so the second reads a frame soon after the first and finds it in the
+    video's cache instead of seeking back to its keyframe (the decoding cost in docs/benchmarks.md)."""
+    scene = moving_box_scene(num_frames=40, size=(160, 120), start=(30, 30, 50, 40), velocity=(1, 0.5))
+    video = ArrayVideo(np.stack(list(scene.frames())))
+    engine = MaskEngine.from_settings(MaskSettings())
+    engine.box_anchor_every = 10
+    taken: dict[int, list] = {}
+    sweep = engine.propagator._sweep
+
+    def spy(pairs, chains, *args):  # each chain as the two start frames it runs between
+        taken[chains[0][1]] = [tuple(sorted((a, last + d))) for a, d, last in chains]
+        return sweep(pairs, chains, *args)
+
+    monkeypatch.setattr(engine.propagator, "_sweep", spy)
+    engine.run(video, scene.boxes, [])
+    assert len(taken[1]) >= 3 and taken[1] == sorted(taken[1]) == taken[-1]

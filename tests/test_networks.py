@@ -242,11 +242,11 @@ def test_learned_engine_is_selected_by_the_mask_settings(checkpoint, monkeypatch
 
 def test_learned_walks_between_two_start_frames_run_back_to_back():
     """Both walks of one segment run one after the other, so at most one segment's frames wait to be fused."""
-    from scribblebox.models.networks import learned_engine
+    from scribblebox.models.fusion import by_segment
     from scribblebox.models.propagation import plan_chains
 
     chains = plan_chains(np.ones((12, 4)), [2, 9])
-    assert learned_engine.by_segment(chains) == [(2, -1, 0), (2, 1, 8), (9, -1, 3), (9, 1, 11)]
+    assert by_segment(chains) == [(2, -1, 0), (2, 1, 8), (9, -1, 3), (9, 1, 11)]
 
 
 def test_strokes_are_not_carried_when_they_match_cells_far_from_them():

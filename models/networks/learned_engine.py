@@ -29,7 +29,7 @@ from ..geometry import mask_to_box
 from ..mask_engine import expected_reads
 from ..masks import MaskResult, Scribble
 from ..progress import Meter, Progress
-from ..fusion import Chain, Fusion
+from ..fusion import Chain, Fusion, by_segment
 from ..propagation import box_runs, check_boxes, plan_chains
 from ..segmentation import enforce_strokes, satisfies, valid_box
 from ..video import Video
@@ -249,12 +249,6 @@ def false_match_rate(embedding: torch.Tensor, strokes: torch.Tensor, positive: t
 
 def paste_mask(crop: Crop, shape: tuple[int, int]) -> np.ndarray:
     return paste(crop.soft, crop.matrix, shape) > 0.5
-
-
-def by_segment(chains: list[Chain]) -> list[Chain]:
-    """The chains with both walks between two start frames one after the other (forward first), so a frame waits
-    for its second walk at most one chain long, and the second walk finds its frames in the video's cache."""
-    return sorted(chains, key=lambda c: (min(c[0], c[2]), -c[1]))
 
 
 def blend(forward: Crop, backward: Crop, weight: float) -> Crop:
