@@ -4,7 +4,8 @@ A DAVIS sequence (854x480; its first --frames frames), boxes = the ground-truth 
 is a first-frame stroke (the scribble robot's positive stroke on frame 0, as in `scribblebox eval`); the correction
 is the ground-truth mask of the frame the initial run got worst (lowest J&F), given as an approved mask with
 `previous` = the initial result, as a saved brush edit reaches the engine. Both runs are timed --repeats times,
-interleaved, so the initial run is a baseline measured under the same load (the ratio is what to compare).
+interleaved, so the initial run is a baseline measured under the same load (the ratio is what to compare). Each
+timed run opens the video afresh, as each server call does (cold frame cache; a file's opening is timed too).
 --h264 encodes the clip to H.264 first and reads it back as the server does (decode included); --video FILE
 --box x,y,w,h times any video file instead (no ground truth: the correction is the initial mask of the middle
 frame, grown by a few pixels). Exit code 2 when the data is missing.
@@ -19,6 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -45,6 +48,17 @@ def timed(fn) -> tuple[float, MaskResult]:
     return time.perf_counter() - start, result
 
 
+@contextmanager
+def opened(video) -> Iterator:
+    """The video, closed afterwards if it can be (a clip of a JPEG folder holds nothing to close)."""
+    try:
+        yield video
+    finally:
+        close = getattr(video, "close", None)
+        if close is not None:
+            close()
+
+
 def center_stroke(box: np.ndarray, frame: int) -> Scribble:
     """A positive stroke across the middle of the box (the --video case has no ground truth for the robot)."""
     x, y, w, h = (float(v) for v in box)
@@ -52,7 +66,7 @@ def center_stroke(box: np.ndarray, frame: int) -> Scribble:
 
 
 def davis_case(args, tmp: Path):
-    """(video, boxes, stroke, ground truth or None, what) for the DAVIS sequence."""
+    """(opener, boxes, stroke, ground truth or None, what) for the DAVIS sequence; opener() opens the video."""
     if not (args.data / args.seq / "frames").is_dir():
         raise FileNotFoundError(f"{args.data / args.seq}/frames: no such folder (DAVIS-2016 data under ../shared/data; "
                                 "pass --data or --video FILE --box x,y,w,h)")
@@ -63,24 +77,25 @@ def davis_case(args, tmp: Path):
     gts = gt_masks(args.data, args.seq, n)
     first = next(f for f in range(n) if gts[f].any())
     strokes = [s for s in scribbles_for(np.zeros_like(gts[first]), gts[first], first) if s.positive]
-    video, what = seq.video, f"{args.seq} frames 0..{n - 1} (JPEG folder)"
+    opener, what = (lambda: load_sequence(args.data, args.seq, n).video), f"{args.seq} frames 0..{n - 1} (JPEG folder)"
     if args.h264:
         path = write_video(tmp / f"{args.seq}.mp4", (seq.video.frame(i) for i in range(n)), fps=24)
-        video, what = open_video(path), f"{args.seq} frames 0..{n - 1} (H.264 file, decode included)"
-    return video, seq.gt, strokes[0], gts, what
+        opener, what = (lambda: open_video(path)), f"{args.seq} frames 0..{n - 1} (H.264 file, decode included)"
+    return opener, seq.gt, strokes[0], gts, what
 
 
 def file_case(args):
-    """(video, boxes, stroke, None, what) for --video FILE: the box track is Curve-VOT's from --box on frame 0."""
+    """(opener, boxes, stroke, None, what) for --video FILE: the box track is Curve-VOT's from --box on frame 0."""
     if not args.video.is_file():
         raise FileNotFoundError(f"{args.video}: no such video file")
     if not args.box:
         raise ValueError("--video needs --box x,y,w,h (the object's box on frame 0, in pixels)")
     box = [float(v) for v in args.box.split(",")]
-    video = open_video(args.video)
-    t, track = timed(lambda: CurveVOT.from_settings(load_settings().tracking).track(video, [Keyframe.of(0, box)]))
+    with open_video(args.video) as video:
+        t, track = timed(lambda: CurveVOT.from_settings(load_settings().tracking).track(video, [Keyframe.of(0, box)]))
     print(f"box track (Curve-VOT, not part of the timing below): {t:.1f} s", file=sys.stderr)
-    return video, track.boxes, center_stroke(np.asarray(box), 0), None, f"{args.video} ({video.num_frames} frames)"
+    return (lambda: open_video(args.video)), track.boxes, center_stroke(np.asarray(box), 0), None, \
+        f"{args.video} ({video.num_frames} frames)"
 
 
 def correction(first: MaskResult, gts, boxes: np.ndarray) -> tuple[int, np.ndarray]:
@@ -101,16 +116,28 @@ def run(args) -> dict:
     if args.no_arbitration:  # the baseline: the classical propagation before the sweeps' arbitration and restarts
         engine.propagator.arbitrate_sweeps, engine.propagator.lost_fill = False, 0.0
     with tempfile.TemporaryDirectory(prefix="scribblebox-repropagate-") as tmp:
-        video, boxes, stroke, gts, what = file_case(args) if args.video else davis_case(args, Path(tmp))
-        n = video.num_frames
-        print(f"{what}: {video.width}x{video.height}, masks.engine={masks.engine}", file=sys.stderr)
-        _, first = timed(lambda: engine.run(video, boxes, [stroke]))  # warm-up, and the `previous` of the correction
+        opener, boxes, stroke, gts, what = file_case(args) if args.video else davis_case(args, Path(tmp))
+
+        decoded: list[int] = []  # frames the decoder produced per run (video files only)
+
+        def fresh(**kwargs) -> MaskResult:  # a server call: open the video, run, close it
+            with opened(opener()) as video:
+                start = getattr(video, "frames_decoded", None)
+                result = engine.run(video, boxes, [stroke], **kwargs)
+                if start is not None:
+                    decoded.append(video.frames_decoded - start)
+                return result
+
+        with opened(opener()) as video:
+            n, size = video.num_frames, f"{video.width}x{video.height}"
+        print(f"{what}: {size}, masks.engine={masks.engine}", file=sys.stderr)
+        _, first = timed(fresh)  # warm-up, and the `previous` of the correction
         frame, fixed = correction(first, gts, boxes)
         initial, again = [], []
         for _ in range(args.repeats):
-            t, _ = timed(lambda: engine.run(video, boxes, [stroke]))
+            t, _ = timed(fresh)
             initial.append(t)
-            t, after = timed(lambda: engine.run(video, boxes, [stroke], previous=first, approved={frame: fixed}))
+            t, after = timed(lambda: fresh(previous=first, approved={frame: fixed}))
             again.append(t)
         quality = {}
         if gts is not None:
@@ -118,15 +145,13 @@ def run(args) -> dict:
                 j, f = score(res.masks, gts)
                 quality[name] = {"j": float(j.mean()), "f": float(f.mean()), "jf": float((j.mean() + f.mean()) / 2)}
         kept = bool(np.array_equal(after.masks[frame], fixed))
-        close = getattr(video, "close", None)
-        if close is not None:
-            close()
     med_i, med_a = statistics.median(initial), statistics.median(again)
-    return {"video": what, "frames": n, "size": f"{video.width}x{video.height}", "engine": masks.engine,
+    return {"video": what, "frames": n, "size": size, "engine": masks.engine,
             "corrected_frame": frame, "correction_kept": kept, "masks_returned": len(after.masks),
             "repropagate_s": {"median": med_a, "min": min(again), "max": max(again), "runs": again},
             "initial_s": {"median": med_i, "min": min(initial), "max": max(initial), "runs": initial},
-            "frames_per_s": n / med_a, "ratio_to_initial": med_a / med_i, "target_s": TARGET_S * n / 80,
+            "frames_decoded": statistics.median(decoded) if decoded else None, "frames_per_s": n / med_a,
+            "ratio_to_initial": med_a / med_i, "target_s": TARGET_S * n / 80,
             "meets_target": med_a < TARGET_S * n / 80, "quality": quality, "repeats": args.repeats}
 
 
@@ -141,6 +166,7 @@ def table(r: dict) -> str:
             ("initial full run, baseline (s)", spread(r["initial_s"])),
             ("re-propagation / initial", f"{r['ratio_to_initial']:.2f}"),
             ("frames/s (re-propagation)", f"{r['frames_per_s']:.1f}"),
+            *([("frames decoded per run (median)", f"{r['frames_decoded']:.0f}")] if r["frames_decoded"] else []),
             ("target", f"< {r['target_s']:.2f} s: {'met' if r['meets_target'] else 'NOT met'}")]
     for name, q in r["quality"].items():
         rows.append((f"J / F / J&F {name}", f"{q['j']:.3f} / {q['f']:.3f} / {q['jf']:.3f}"))
