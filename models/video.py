@@ -77,14 +77,14 @@ class _LRU:
         self._items: OrderedDict[int, tuple[object, int]] = OrderedDict()
         self._held = 0
 
-    def get(self, key: int):
+    def get(self, key: int) -> object | None:
         item = self._items.get(key)
         if item is None:
             return None
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: int, value, cost: int = 1) -> None:
+    def put(self, key: int, value: object, cost: int = 1) -> None:
         if cost > self.size:
             return
         old = self._items.pop(key, None)
