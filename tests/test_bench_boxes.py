@@ -16,8 +16,8 @@ from scribblebox.evaluation.davis import list_sequences, load_sequence
 from scribblebox.models.curvevot import CurveVOT
 from scribblebox.models.track import Keyframe, TrackResult, render_keyframes
 from scribblebox.settings import load_settings
+from repo_scripts import DAVIS, needs_davis
 
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016-train"
 W, H = 96, 64
 
 
@@ -190,7 +190,7 @@ def test_a_method_whose_engine_is_missing_is_skipped(root: Path, monkeypatch, ca
         boxes.parse_methods("interp,kcf")
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/data/davis2016-train not present")
+@needs_davis
 def test_interp_on_a_real_davis_sequence(tmp_path: Path) -> None:
     name = "bus" if (DAVIS / "bus").is_dir() else list_sequences(DAVIS)[0]
     out = tmp_path / "real.json"

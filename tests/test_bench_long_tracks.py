@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from repo_scripts import DAVIS, load_script
+from repo_scripts import load_script, needs_davis
 
 
 def test_ping_pong_turns_without_showing_a_frame_twice() -> None:
@@ -33,7 +32,7 @@ def test_missing_data_is_a_clear_exit_code(tmp_path, capsys) -> None:
     assert "no DAVIS-format data" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/data/davis2016-train is not available")
+@needs_davis
 def test_a_looped_sequence_is_benchmarked(tmp_path) -> None:
     out = tmp_path / "long.json"
     assert load_script("bench_long_tracks").main(["--sequences", "flamingo", "--frames", "120", "--json", str(out)]) == 0

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from repo_scripts import DAVIS, load_script
+from repo_scripts import load_script, needs_davis
 
 
 def test_frames_are_the_middles_of_equal_parts() -> None:
@@ -18,7 +17,7 @@ def test_missing_data_is_a_clear_exit_code(tmp_path, capsys) -> None:
     assert "no DAVIS-format data" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/data/davis2016-train is not available")
+@needs_davis
 def test_perfect_frames_beat_the_box_track_alone(tmp_path) -> None:
     out = tmp_path / "oracle.json"
     assert load_script("bench_oracle").main(["--sequences", "dog-agility", "--frames", "2,6", "--json", str(out)]) == 0

@@ -16,8 +16,8 @@ from scribblebox.evaluation.boxes import CurveVotMethod, Interp
 from scribblebox.evaluation.masks import Round, SequenceEval, eval_command, mask_stage, run_eval
 from scribblebox.models.masks import MaskResult, Scribble
 from scribblebox.settings import load_settings
+from repo_scripts import DAVIS, needs_davis
 
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016-train"
 W, H, R = 96, 72, 14
 CENTRES = [(24 + 5 * i, 34) for i in range(8)]  # a disk moving 5 px/frame to the right
 
@@ -161,7 +161,7 @@ def test_bad_rounds_and_empty_folder_are_clear_errors(root: Path, tmp_path: Path
         run_eval(BoxFill(), Interp(), tmp_path / "void")
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="../shared/data/davis2016-train is not available")
+@needs_davis
 def test_real_davis_sequence_few_frames() -> None:
     name = sorted(p.name for p in DAVIS.iterdir() if (p / "masks").is_dir())[0]
     engine = BoxFill()
