@@ -10,6 +10,7 @@ import pytest
 
 from scribblebox.backend.label_studio.brush import decode_mask, encode_mask
 from scribblebox.backend.label_studio.config import parse_label_config
+from scribblebox.backend.label_studio.mask_inputs import newest_result
 from scribblebox.backend.label_studio.masks import FrameList, clicks_in, corrections, saved_masks
 from scribblebox.backend.server import create_app
 from scribblebox.backend.state import MaskState, mask_digest
@@ -457,3 +458,14 @@ def test_import_video_errors_say_what_to_fix(small_video, tmp_path, kwargs, erro
     with pytest.raises(error, match=message):
         import_video(video, "http://127.0.0.1:9", kwargs.get("api_key", "0" * 40), 3, kwargs.get("every", 1),
                      http=kwargs.get("server") or FakeUploadServer())
+
+
+def test_newest_result_is_the_latest_annotation_or_draft_and_ignores_malformed_fields():
+    older = {"updated_at": "2026-01-01", "result": [{"id": "a"}]}
+    newer_draft = {"updated_at": "2026-02-01", "result": [{"id": "d"}]}
+    cancelled = {"updated_at": "2026-03-01", "result": [{"id": "c"}], "was_cancelled": True}
+    assert newest_result({"annotations": [older, cancelled], "drafts": [newer_draft]}) == [{"id": "d"}]
+    assert newest_result({"annotations": [older], "drafts": None}) == [{"id": "a"}]
+    # what a fuzzed /predict body sent (annotations: 1.5 raised TypeError -> HTTP 500): nothing, not a crash
+    assert newest_result({"annotations": 1.5, "drafts": "x"}) == []
+    assert newest_result({"annotations": [{"updated_at": "2026-01-01", "result": {"id": "a"}}]}) == []

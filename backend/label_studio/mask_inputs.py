@@ -16,7 +16,7 @@ from ..errors import BadRequest
 from ..state import MaskState, mask_digest
 from .brush import decode_mask
 from .config import LabelConfig
-from .predict import region_label
+from .predict import newest_item, region_label
 
 logger = logging.getLogger(__name__)
 SAME_MASK_FRACTION = 0.005  # a saved mask within this share of its area (or SAME_MASK_MIN_PX) of our answer is ours
@@ -129,11 +129,12 @@ def saved_masks(result: Iterable, frames: FrameList, shape: tuple[int, int]) -> 
 
 
 def newest_result(task: Mapping) -> list:
-    """Result of the most recently updated annotation or draft (what the annotator has now), else []."""
-    items = [i for key in ("annotations", "drafts") for i in (task.get(key) or [])
-             if isinstance(i, Mapping) and not i.get("was_cancelled")]
-    chosen = max(items, key=lambda i: str(i.get("updated_at") or i.get("created_at") or ""), default=None)
-    return list(chosen.get("result") or []) if chosen else []
+    """Result of the most recently updated annotation or draft (what the annotator has now), else []. Anything
+    but lists where Label Studio sends lists counts as nothing (hostile or broken payloads must not crash)."""
+    items = [i for key in ("annotations", "drafts") if isinstance(task.get(key), list) for i in task[key]]
+    chosen = newest_item(items)
+    result = chosen.get("result") if chosen is not None else None
+    return list(result) if isinstance(result, list) else []
 
 
 def same_mask(a: np.ndarray, b: np.ndarray) -> bool:
